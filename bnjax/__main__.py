@@ -1,0 +1,3 @@
+from bnjax.run.cli import main
+
+raise SystemExit(main())

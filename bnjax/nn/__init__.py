@@ -1,0 +1,53 @@
+"""Pure layers: batch norm, layer norm, dropout, dense, ``serial``, the shared statistics and gradient checks."""
+
+from bnjax.nn._batch_norm import batch_norm as batch_norm
+from bnjax.nn._batch_norm import batch_norm_init as batch_norm_init
+from bnjax.nn._combinators import Activation as Activation
+from bnjax.nn._combinators import BatchNorm as BatchNorm
+from bnjax.nn._combinators import Dense as Dense
+from bnjax.nn._combinators import Dropout as Dropout
+from bnjax.nn._combinators import LayerNorm as LayerNorm
+from bnjax.nn._combinators import serial as serial
+from bnjax.nn._dense import dense as dense
+from bnjax.nn._dense import dense_init as dense_init
+from bnjax.nn._dropout import dropout as dropout
+from bnjax.nn._dropout import dropout_init as dropout_init
+from bnjax.nn._gradcheck import GradCheckRow as GradCheckRow
+from bnjax.nn._gradcheck import format_gradcheck as format_gradcheck
+from bnjax.nn._gradcheck import gradcheck_layers as gradcheck_layers
+from bnjax.nn._gradcheck import numeric_grad as numeric_grad
+from bnjax.nn._gradcheck import numeric_vjp as numeric_vjp
+from bnjax.nn._gradcheck import rel_error as rel_error
+from bnjax.nn._layer_norm import layer_norm as layer_norm
+from bnjax.nn._layer_norm import layer_norm_init as layer_norm_init
+from bnjax.nn._stats import compute_stats as compute_stats
+from bnjax.nn._stats import normalize_affine as normalize_affine
+from bnjax.nn._stats import normalize_affine_autodiff as normalize_affine_autodiff
+from bnjax.nn._stats import update_running_stats as update_running_stats
+
+__all__ = [
+    "batch_norm",
+    "batch_norm_init",
+    "Activation",
+    "BatchNorm",
+    "Dense",
+    "Dropout",
+    "LayerNorm",
+    "serial",
+    "dense",
+    "dense_init",
+    "dropout",
+    "dropout_init",
+    "GradCheckRow",
+    "format_gradcheck",
+    "gradcheck_layers",
+    "numeric_grad",
+    "numeric_vjp",
+    "rel_error",
+    "layer_norm",
+    "layer_norm_init",
+    "compute_stats",
+    "normalize_affine",
+    "normalize_affine_autodiff",
+    "update_running_stats",
+]

@@ -1,0 +1,169 @@
+"""Batch normalization (Ioffe & Szegedy 2015, https://arxiv.org/abs/1502.03167) as a pure function."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from bnjax._typing import Array, Params, PRNGKey, State
+from bnjax.nn import _checks
+from bnjax.nn._stats import (
+    AxisName,
+    compute_dtype,
+    group_count,
+    normalize_affine,
+    normalize_affine_autodiff,
+    update_running_stats,
+)
+
+AVERAGES = ("ema", "cumulative")
+GRADS = ("analytic", "autodiff")
+
+
+def batch_norm_init(
+    num_features: int, *, average: str = "ema", dtype: Any = jnp.float32
+) -> tuple[Params, State]:
+    """Parameters and running statistics of a batch-norm layer over ``num_features`` features.
+
+    Args:
+      num_features: size of the feature axis.
+      average: ``"ema"`` (exponential moving average) or ``"cumulative"`` (simple average of every batch's
+        statistics, torch's ``momentum=None``); the latter adds an int32 ``"count"`` to the stats.
+      dtype: dtype of the parameters and statistics (float32 default, also for bfloat16 models).
+
+    Returns:
+      ``({"scale": ones, "bias": zeros}, {"mean": zeros, "var": ones[, "count": 0]})``, each of shape
+      ``(num_features,)`` -- the Flax ``params``/``batch_stats`` layout.
+    """
+    if not isinstance(num_features, (int,)) or isinstance(num_features, bool) or num_features < 1:
+        raise ValueError(f"batch_norm_init: num_features={num_features!r} must be a positive int.")
+    _checks.check_choice("batch_norm_init", "average", average, AVERAGES)
+    params = {"scale": jnp.ones((num_features,), dtype), "bias": jnp.zeros((num_features,), dtype)}
+    stats = {"mean": jnp.zeros((num_features,), dtype), "var": jnp.ones((num_features,), dtype)}
+    if average == "cumulative":
+        stats["count"] = jnp.zeros((), jnp.int32)
+    return params, stats
+
+
+def _broadcast_shape(ndim: int, axis: int, size: int) -> tuple[int, ...]:
+    return tuple(size if i == axis else 1 for i in range(ndim))
+
+
+def batch_norm(
+    params: Params,
+    batch_stats: State,
+    x: Array,
+    train: bool,
+    *,
+    key: PRNGKey | None = None,
+    axis: int = -1,
+    momentum: Any = 0.9,
+    eps: float = 1e-5,
+    average: str = "ema",
+    unbiased_var: bool = False,
+    axis_name: AxisName | None = None,
+    mask: Array | None = None,
+    grad: str = "analytic",
+) -> tuple[Array, State]:
+    """Batch normalization over every axis of ``x`` but the feature ``axis``.
+
+    Train mode (``train=True``), per feature over the ``n`` values of the batch (and spatial) axes::
+
+        mean = sum(x) / n,   var = sum((x - mean)**2) / n            (biased, two-pass, float32 or wider)
+        y    = scale * (x - mean) / sqrt(var + eps) + bias
+        new_stats["mean"] = momentum * stats["mean"] + (1 - momentum) * mean        (average="ema")
+        new_stats["var"]  = momentum * stats["var"]  + (1 - momentum) * var_stored
+        var_stored = var * n / (n - 1) if unbiased_var else var
+
+    ``momentum=0.9`` is the CS231n convention (Flax and Keras default to 0.99; torch's ``momentum`` is the
+    weight of the *new* value, so torch 0.1 == bnjax 0.9). ``average="cumulative"`` replaces the EMA by the
+    simple average of all batch statistics seen (a ``"count"`` in the stats; see :func:`batch_norm_init`).
+    ``unbiased_var=True`` stores the ``n/(n-1)`` estimate (Ioffe & Szegedy Alg. 2, torch); the batch itself is
+    always normalised with the biased variance.
+
+    Eval mode (``train=False``) is the affine map ``y = scale * (x - stats["mean"]) / sqrt(stats["var"] + eps)
+    + bias`` and returns ``batch_stats`` unchanged (the same object).
+
+    Gradients: ``grad="analytic"`` uses the hand-derived closed-form backward (``jax.custom_vjp``;
+    reverse mode, grad-of-grad included). ``grad="autodiff"`` differentiates the plain forward and is
+    required for forward-mode transforms (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``).
+
+    Under ``jax.vmap`` over an ensemble axis each member keeps its own statistics. To normalise across a
+    batch split over devices or over a named ``vmap``/``shard_map`` axis, pass ``axis_name``: sums and
+    counts are reduced across it (count-weighted, so unequal shards given by ``mask`` are exact).
+
+    Args:
+      params: ``{"scale", "bias"}`` of shape ``(C,)``.
+      batch_stats: ``{"mean", "var"}`` (plus ``"count"`` when ``average="cumulative"``) of shape ``(C,)``.
+      x: floating input with ``x.shape[axis] == C`` and at least one other axis, e.g. ``(N, C)`` or
+        ``(N, H, W, C)``.
+      train: Python bool, batch statistics (True) or running statistics (False).
+      key: unused (accepted so every layer shares one signature).
+      axis: the feature axis (default ``-1``).
+      momentum: EMA coefficient in [0, 1]; may be a traced array (e.g. swept by ``vmap``).
+      eps: added to the variance inside the square root (default ``1e-5``).
+      average: ``"ema"`` or ``"cumulative"``.
+      unbiased_var: store ``n/(n-1) * var`` in the running variance.
+      axis_name: optional named axis to synchronise statistics across.
+      mask: optional array broadcastable to ``x``; zero entries are left out of the statistics.
+      grad: ``"analytic"`` or ``"autodiff"``.
+
+    Returns:
+      ``(y, new_batch_stats)``; ``y`` has the shape and dtype of ``x`` (computed in float32 for
+      bfloat16/float16 inputs); the statistics keep their dtype.
+    """
+    fn = "batch_norm"
+    x = _checks.check_float_input(fn, x)
+    _checks.check_choice(fn, "average", average, AVERAGES)
+    _checks.check_choice(fn, "grad", grad, GRADS)
+    _checks.check_in_range(fn, "momentum", momentum, 0.0, 1.0)
+    if x.ndim < 2:
+        raise ValueError(
+            f"{fn}: x has shape {x.shape} (rank {x.ndim}); batch norm needs a batch axis and a feature axis, "
+            f"e.g. (N, C). For a single example pass x[None]."
+        )
+    (feat,) = _checks.normalize_axes(fn, "axis", axis, x.ndim)
+    num = x.shape[feat]
+    _checks.check_tree(
+        fn, "params", params, {"scale": (num,), "bias": (num,)},
+        f"x has {num} features on axis {axis}; create params with batch_norm_init({num}).",
+    )
+    expected = {"mean": (num,), "var": (num,)}
+    if average == "cumulative":
+        expected["count"] = ()
+    _checks.check_tree(
+        fn, "batch_stats", batch_stats, expected,
+        f"Create it with batch_norm_init({num}, average={average!r}).",
+    )
+
+    cdt = compute_dtype(x.dtype)
+    bshape = _broadcast_shape(x.ndim, feat, num)
+    scale = params["scale"].astype(cdt).reshape(bshape)
+    bias = params["bias"].astype(cdt).reshape(bshape)
+    if not train:
+        mean = batch_stats["mean"].astype(cdt).reshape(bshape)
+        var = batch_stats["var"].astype(cdt).reshape(bshape)
+        y = (x.astype(cdt) - mean) * (jax.lax.rsqrt(var + eps) * scale) + bias
+        return y.astype(x.dtype), batch_stats
+
+    axes = tuple(i for i in range(x.ndim) if i != feat)
+    n_local = x.size // num
+    if n_local == 1 and axis_name is None and mask is None:
+        raise ValueError(
+            f"{fn}: train mode got x of shape {x.shape}, i.e. 1 value per feature, so the batch variance is 0 "
+            f"and the output would be just the bias. Use a batch of at least 2, or train=False to normalise "
+            f"with the running statistics."
+        )
+    norm = normalize_affine if grad == "analytic" else normalize_affine_autodiff
+    y, mean, var = norm(x.astype(cdt), scale, bias, axes, float(eps), axis_name, mask)
+    mean = jax.lax.stop_gradient(mean).reshape(num)
+    var = jax.lax.stop_gradient(var).reshape(num)
+    if unbiased_var:
+        # n is the global per-feature count (across axis_name / after masking) the variance was taken over.
+        n = group_count(x, axes, axis_name=axis_name, mask=mask).reshape(num)
+        var = var * n / jnp.maximum(n - 1.0, 1.0)
+    new_stats = update_running_stats(batch_stats, mean, var, momentum=momentum, average=average)
+    return y.astype(x.dtype), new_stats
+

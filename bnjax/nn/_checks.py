@@ -1,0 +1,76 @@
+"""Argument checks shared by the layers. Every message names the argument, the value and the fix."""
+
+from __future__ import annotations
+
+from typing import Any, Iterable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def concrete_float(value: Any) -> float | None:
+    """``float(value)`` when it is known at trace time, ``None`` for a tracer (e.g. a vmapped rate)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    try:
+        arr = np.asarray(value)
+    except Exception:  # noqa: BLE001 - anything unconvertible is treated as traced
+        return None
+    if arr.ndim != 0:
+        return None
+    return float(arr)
+
+
+def check_choice(fn: str, name: str, value: Any, choices: Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{fn}: {name}={value!r} is not a valid option; use one of {choices}.")
+
+
+def check_in_range(fn: str, name: str, value: Any, lo: float, hi: float) -> None:
+    """Checks ``lo <= value <= hi`` when ``value`` is concrete; traced values pass through."""
+    v = concrete_float(value)
+    if v is not None and not (lo <= v <= hi):
+        raise ValueError(f"{fn}: {name}={v!r} is outside [{lo}, {hi}]; pass a value in that range.")
+
+
+def check_float_input(fn: str, x: Any) -> jax.Array:
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        raise TypeError(
+            f"{fn}: x has dtype {x.dtype}, but normalization and dropout need a floating-point input; "
+            f"cast it first, e.g. x.astype(jnp.float32)."
+        )
+    return x
+
+
+def normalize_axes(fn: str, name: str, axis: int | Iterable[int], ndim: int) -> tuple[int, ...]:
+    """Turns ``axis`` (an int or a sequence of ints, negatives allowed) into sorted non-negative axes."""
+    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    out = []
+    for a in axes:
+        if not -ndim <= int(a) < ndim:
+            raise ValueError(f"{fn}: {name}={axis!r} is out of range for an input of rank {ndim}.")
+        out.append(int(a) % ndim)
+    if len(set(out)) != len(out):
+        raise ValueError(f"{fn}: {name}={axis!r} repeats an axis.")
+    return tuple(sorted(out))
+
+
+def check_tree(fn: str, argname: str, tree: Any, expected: dict[str, tuple[int, ...]], fix: str) -> None:
+    """Checks that ``tree`` is a dict with exactly ``expected`` keys and leaf shapes."""
+    if not isinstance(tree, dict):
+        raise TypeError(f"{fn}: {argname} must be a dict with keys {sorted(expected)}, got {type(tree).__name__}. {fix}")
+    missing = sorted(set(expected) - set(tree))
+    extra = sorted(set(tree) - set(expected))
+    if missing or extra:
+        raise ValueError(
+            f"{fn}: {argname} has keys {sorted(tree)}, expected {sorted(expected)}"
+            f"{' (missing ' + str(missing) + ')' if missing else ''}"
+            f"{' (unexpected ' + str(extra) + ')' if extra else ''}. {fix}"
+        )
+    for k, shape in expected.items():
+        got = tuple(jnp.shape(tree[k]))
+        if got != shape:
+            raise ValueError(f"{fn}: {argname}[{k!r}] has shape {got}, expected {shape}. {fix}")

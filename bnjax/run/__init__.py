@@ -1,0 +1,1 @@
+"""Configs, runner, reports and the command line (``bnjax ...``)."""
