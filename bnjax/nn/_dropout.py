@@ -60,6 +60,9 @@ def dropout(
     keep = 1.0 - jnp.asarray(rate, jnp.float32)
     mask_shape = tuple(1 if i in {d % x.ndim for d in broadcast_dims} else s for i, s in enumerate(x.shape))
     mask = jax.random.bernoulli(key, keep, mask_shape)
+    # The mask is drawn in float32 (one mask per key whatever x.dtype); the scale is formed in the wider of
+    # float32 and x.dtype, so float64 inputs get an exact 1 / (1 - rate), not a float32-rounded one.
+    keep = 1.0 - jnp.asarray(rate, jnp.promote_types(x.dtype, jnp.float32))
     # 1/keep is only formed where keep > 0, so rate == 1 gives zeros and finite (zero) gradients.
     safe_keep = jnp.where(keep > 0.0, keep, 1.0)
     scale = jnp.where(keep > 0.0, 1.0 / safe_keep, 0.0).astype(x.dtype)

@@ -85,6 +85,25 @@ def compute_stats(
     return mean, var, count
 
 
+def _varying_axes(a: Array) -> frozenset:
+    """Mesh axes ``a`` varies over inside ``shard_map`` (empty outside one, or on a JAX without these types)."""
+    aval = jax.typeof(a) if hasattr(jax, "typeof") else None
+    mat = getattr(aval, "manual_axis_type", None)
+    return frozenset(mat.varying) if mat is not None else frozenset(getattr(aval, "vma", ()))
+
+
+def match_varying(ct: Array, primal: Array) -> Array:
+    """Sums a custom-VJP cotangent over the mesh axes it varies over but its primal input does not.
+
+    ``shard_map`` (``check_vma=True``) requires a ``custom_vjp`` backward to return cotangents typed like the
+    inputs. A parameter replicated over the mesh (``scale`` with ``x`` sharded over ``"data"``) receives a
+    per-device partial gradient, and its full gradient is the sum over devices -- what JAX's own transpose of
+    the implicit ``pvary`` does. A no-op outside ``shard_map``.
+    """
+    extra = tuple(_varying_axes(ct) - _varying_axes(primal))
+    return lax.psum(ct, extra) if extra else ct
+
+
 def _sum_to_shape(a: Array, shape: tuple[int, ...]) -> Array:
     """Sums ``a`` over the axes along which an array of ``shape`` was broadcast to ``a.shape``."""
     axes = tuple(i for i, (s, t) in enumerate(zip(shape, a.shape)) if s == 1 and t != 1)
@@ -137,12 +156,12 @@ def _normalize_affine_fwd(x, scale, bias, axes, eps, axis_name, mask):
     inv = lax.rsqrt(var + eps)
     xhat = (x - mean) * inv
     y = xhat * scale + bias
-    return (y, mean, var), (xhat, inv, count, scale, bias.shape, mask)
+    return (y, mean, var), (xhat, inv, count, scale, bias, mask)
 
 
 def _normalize_affine_bwd(axes, eps, axis_name, res, cts):
     del eps
-    xhat, inv, count, scale, bias_shape, mask = res
+    xhat, inv, count, scale, bias, mask = res
     dy, dmean, dvar = cts
     assert dy.shape == xhat.shape and inv.shape == count.shape == dmean.shape == dvar.shape
     g = dy * scale
@@ -158,9 +177,9 @@ def _normalize_affine_bwd(axes, eps, axis_name, res, cts):
     else:
         m = jnp.broadcast_to(mask, xhat.shape).astype(xhat.dtype)
         dx = inv * (g - m * corr) + m * stat_terms
-    dscale = _sum_to_shape(dy * xhat, scale.shape)
-    dbias = _sum_to_shape(dy, bias_shape)
-    return dx, dscale, dbias, None
+    dscale = match_varying(_sum_to_shape(dy * xhat, scale.shape), scale)
+    dbias = match_varying(_sum_to_shape(dy, bias.shape), bias)
+    return match_varying(dx, xhat), dscale, dbias, None
 
 
 normalize_affine.defvjp(_normalize_affine_fwd, _normalize_affine_bwd)
