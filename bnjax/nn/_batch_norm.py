@@ -115,6 +115,34 @@ def batch_norm(
       bfloat16/float16 inputs); the statistics keep their dtype.
     """
     fn = "batch_norm"
+    x, feat, num = check_batch_norm_args(
+        fn, params, batch_stats, x, axis=axis, average=average, grad=grad, momentum=momentum
+    )
+    cdt = compute_dtype(x.dtype)
+    bshape = _broadcast_shape(x.ndim, feat, num)
+    scale = params["scale"].astype(cdt).reshape(bshape)
+    bias = params["bias"].astype(cdt).reshape(bshape)
+    if not train:
+        mean = batch_stats["mean"].astype(cdt).reshape(bshape)
+        var = batch_stats["var"].astype(cdt).reshape(bshape)
+        y = (x.astype(cdt) - mean) * (jax.lax.rsqrt(var + eps) * scale) + bias
+        return y.astype(x.dtype), batch_stats
+
+    axes = tuple(i for i in range(x.ndim) if i != feat)
+    check_train_batch(fn, x, num, axis_name, mask)
+    norm = normalize_affine if grad == "analytic" else normalize_affine_autodiff
+    y, mean, var = norm(x.astype(cdt), scale, bias, axes, float(eps), axis_name, mask)
+    count = group_count(x, axes, axis_name=axis_name, mask=mask) if unbiased_var else None
+    new_stats = running_stats_after_batch(
+        batch_stats, mean, var, count, unbiased_var=unbiased_var, momentum=momentum, average=average
+    )
+    return y.astype(x.dtype), new_stats
+
+
+def check_batch_norm_args(
+    fn: str, params: Params, batch_stats: State, x: Array, *, axis: int, average: str, grad: str, momentum: Any
+) -> tuple[Array, int, int]:
+    """Validation shared by every batch-norm variant; returns ``(x, feature_axis, num_features)``."""
     x = _checks.check_float_input(fn, x)
     _checks.check_choice(fn, "average", average, AVERAGES)
     _checks.check_choice(fn, "grad", grad, GRADS)
@@ -137,33 +165,31 @@ def batch_norm(
         fn, "batch_stats", batch_stats, expected,
         f"Create it with batch_norm_init({num}, average={average!r}).",
     )
+    return x, feat, num
 
-    cdt = compute_dtype(x.dtype)
-    bshape = _broadcast_shape(x.ndim, feat, num)
-    scale = params["scale"].astype(cdt).reshape(bshape)
-    bias = params["bias"].astype(cdt).reshape(bshape)
-    if not train:
-        mean = batch_stats["mean"].astype(cdt).reshape(bshape)
-        var = batch_stats["var"].astype(cdt).reshape(bshape)
-        y = (x.astype(cdt) - mean) * (jax.lax.rsqrt(var + eps) * scale) + bias
-        return y.astype(x.dtype), batch_stats
 
-    axes = tuple(i for i in range(x.ndim) if i != feat)
-    n_local = x.size // num
-    if n_local == 1 and axis_name is None and mask is None:
+def check_train_batch(fn: str, x: Array, num: int, axis_name: Any = None, mask: Array | None = None) -> None:
+    """Train mode needs more than one value per feature (torch raises here; a variance of 0 returns the bias)."""
+    if x.size // num == 1 and axis_name is None and mask is None:
         raise ValueError(
             f"{fn}: train mode got x of shape {x.shape}, i.e. 1 value per feature, so the batch variance is 0 "
             f"and the output would be just the bias. Use a batch of at least 2, or train=False to normalise "
             f"with the running statistics."
         )
-    norm = normalize_affine if grad == "analytic" else normalize_affine_autodiff
-    y, mean, var = norm(x.astype(cdt), scale, bias, axes, float(eps), axis_name, mask)
+
+
+def running_stats_after_batch(
+    batch_stats: State, mean: Array, var: Array, count: Any, *, unbiased_var: bool, momentum: Any, average: str
+) -> State:
+    """New running statistics from one batch's (biased) ``mean``/``var`` over ``count`` values per feature.
+
+    The statistics carry no gradient; ``unbiased_var`` stores ``var * n / (n - 1)`` with ``n = count`` (the
+    global per-feature count, across ``axis_name`` and after masking).
+    """
+    num = batch_stats["mean"].shape[0]
     mean = jax.lax.stop_gradient(mean).reshape(num)
     var = jax.lax.stop_gradient(var).reshape(num)
     if unbiased_var:
-        # n is the global per-feature count (across axis_name / after masking) the variance was taken over.
-        n = group_count(x, axes, axis_name=axis_name, mask=mask).reshape(num)
+        n = jnp.broadcast_to(jnp.asarray(count, var.dtype).reshape(-1), (num,))
         var = var * n / jnp.maximum(n - 1.0, 1.0)
-    new_stats = update_running_stats(batch_stats, mean, var, momentum=momentum, average=average)
-    return y.astype(x.dtype), new_stats
-
+    return update_running_stats(batch_stats, mean, var, momentum=momentum, average=average)

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 
 from bnjax._typing import Array, Params, PRNGKey, State
 from bnjax.nn import _checks
-from bnjax.nn._batch_norm import AVERAGES, GRADS, batch_norm
-from bnjax.nn._stats import compute_dtype, normalize_affine, normalize_affine_autodiff, update_running_stats
+from bnjax.nn._batch_norm import (
+    batch_norm,
+    check_batch_norm_args,
+    running_stats_after_batch,
+)
+from bnjax.nn._stats import compute_dtype, normalize_affine, normalize_affine_autodiff
 
 
 def ghost_batch_norm(
@@ -71,12 +74,9 @@ def ghost_batch_norm(
     x = _checks.check_float_input(fn, x)
     if not train:
         return batch_norm(params, batch_stats, x, False, axis=axis, eps=eps, average=average)
-    _checks.check_choice(fn, "average", average, AVERAGES)
-    _checks.check_choice(fn, "grad", grad, GRADS)
-    _checks.check_in_range(fn, "momentum", momentum, 0.0, 1.0)
-    if x.ndim < 2:
-        raise ValueError(f"{fn}: x has shape {x.shape}; ghost batch norm needs (N, ..., C) with a batch axis 0.")
-    (feat,) = _checks.normalize_axes(fn, "axis", axis, x.ndim)
+    x, feat, num = check_batch_norm_args(
+        fn, params, batch_stats, x, axis=axis, average=average, grad=grad, momentum=momentum
+    )
     if feat == 0:
         raise ValueError(f"{fn}: axis={axis!r} is the batch axis 0; the feature axis must be another axis.")
     n_rows = x.shape[0]
@@ -93,17 +93,6 @@ def ghost_batch_norm(
             f"{fn}: virtual_batch_size={v} leaves 1 value per feature in each ghost batch, so every variance "
             f"is 0; use virtual_batch_size >= 2."
         )
-    _checks.check_tree(
-        fn, "params", params, {"scale": (num,), "bias": (num,)},
-        f"x has {num} features on axis {axis}; create params with batch_norm_init({num}).",
-    )
-    expected = {"mean": (num,), "var": (num,)}
-    if average == "cumulative":
-        expected["count"] = ()
-    _checks.check_tree(
-        fn, "batch_stats", batch_stats, expected, f"Create it with batch_norm_init({num}, average={average!r})."
-    )
-
     cdt = compute_dtype(x.dtype)
     ghosts = x.astype(cdt).reshape((n_rows // v, v) + x.shape[1:])
     gfeat = feat + 1
@@ -114,9 +103,8 @@ def ghost_batch_norm(
     norm = normalize_affine if grad == "analytic" else normalize_affine_autodiff
     y, mean, var = norm(ghosts, scale, bias, axes, float(eps), None, None)
     # (K, 1, ..., C, ..., 1) per-ghost statistics -> averaged over the K ghost batches.
-    mean = jax.lax.stop_gradient(jnp.mean(mean, axis=0)).reshape(num)
-    var = jax.lax.stop_gradient(jnp.mean(var, axis=0)).reshape(num)
-    if unbiased_var:
-        var = var * per_group / (per_group - 1.0)
-    new_stats = update_running_stats(batch_stats, mean, var, momentum=momentum, average=average)
+    new_stats = running_stats_after_batch(
+        batch_stats, jnp.mean(mean, axis=0), jnp.mean(var, axis=0), per_group,
+        unbiased_var=unbiased_var, momentum=momentum, average=average,
+    )
     return y.reshape(x.shape).astype(x.dtype), new_stats

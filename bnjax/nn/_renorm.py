@@ -9,7 +9,12 @@ import jax.numpy as jnp
 
 from bnjax._typing import Array, Params, PRNGKey, State
 from bnjax.nn import _checks
-from bnjax.nn._batch_norm import AVERAGES, GRADS, batch_norm
+from bnjax.nn._batch_norm import (
+    batch_norm,
+    check_batch_norm_args,
+    check_train_batch,
+    running_stats_after_batch,
+)
 from bnjax.nn._stats import (
     AxisName,
     compute_dtype,
@@ -17,7 +22,6 @@ from bnjax.nn._stats import (
     group_count,
     normalize_affine,
     normalize_affine_autodiff,
-    update_running_stats,
 )
 
 
@@ -124,33 +128,12 @@ def batch_renorm(
     x = _checks.check_float_input(fn, x)
     if not train:
         return batch_norm(params, batch_stats, x, False, axis=axis, eps=eps, average=average)
-    _checks.check_choice(fn, "average", average, AVERAGES)
-    _checks.check_choice(fn, "grad", grad, GRADS)
-    _checks.check_in_range(fn, "momentum", momentum, 0.0, 1.0)
+    x, feat, num = check_batch_norm_args(
+        fn, params, batch_stats, x, axis=axis, average=average, grad=grad, momentum=momentum
+    )
     _checks.check_in_range(fn, "rmax", rmax, 1.0, float("inf"))
     _checks.check_in_range(fn, "dmax", dmax, 0.0, float("inf"))
-    if x.ndim < 2:
-        raise ValueError(
-            f"{fn}: x has shape {x.shape} (rank {x.ndim}); batch renorm needs a batch axis and a feature "
-            f"axis, e.g. (N, C). For a single example pass x[None]."
-        )
-    (feat,) = _checks.normalize_axes(fn, "axis", axis, x.ndim)
-    num = x.shape[feat]
-    _checks.check_tree(
-        fn, "params", params, {"scale": (num,), "bias": (num,)},
-        f"x has {num} features on axis {axis}; create params with batch_norm_init({num}).",
-    )
-    expected = {"mean": (num,), "var": (num,)}
-    if average == "cumulative":
-        expected["count"] = ()
-    _checks.check_tree(
-        fn, "batch_stats", batch_stats, expected, f"Create it with batch_norm_init({num}, average={average!r})."
-    )
-    if x.size // num == 1 and axis_name is None and mask is None:
-        raise ValueError(
-            f"{fn}: train mode got x of shape {x.shape}, i.e. 1 value per feature, so the batch variance is 0. "
-            f"Use a batch of at least 2, or train=False."
-        )
+    check_train_batch(fn, x, num, axis_name, mask)
 
     cdt = compute_dtype(x.dtype)
     bshape = tuple(num if i == feat else 1 for i in range(x.ndim))
@@ -171,10 +154,8 @@ def batch_renorm(
 
     norm = normalize_affine if grad == "analytic" else normalize_affine_autodiff
     y, mean, var = norm(xc, scale * r, scale * d + bias, axes, float(eps), axis_name, mask)
-    mean = jax.lax.stop_gradient(mean).reshape(num)
-    var = jax.lax.stop_gradient(var).reshape(num)
-    if unbiased_var:
-        n = group_count(x, axes, axis_name=axis_name, mask=mask).reshape(num)
-        var = var * n / jnp.maximum(n - 1.0, 1.0)
-    new_stats = update_running_stats(batch_stats, mean, var, momentum=momentum, average=average)
+    count = group_count(x, axes, axis_name=axis_name, mask=mask) if unbiased_var else None
+    new_stats = running_stats_after_batch(
+        batch_stats, mean, var, count, unbiased_var=unbiased_var, momentum=momentum, average=average
+    )
     return y.astype(x.dtype), new_stats
