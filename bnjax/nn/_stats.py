@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.custom_derivatives import CustomVJPPrimal, SymbolicZero
 
 Array = jax.Array
 AxisName = Any  # a hashable axis name or a tuple of them, as jax.lax.psum takes
@@ -151,7 +152,13 @@ def normalize_affine(x, scale, bias, axes, eps, axis_name=None, mask=None):
     return normalize_affine_autodiff(x, scale, bias, axes, eps, axis_name, mask)
 
 
+def _primal(v: Any) -> Any:
+    return v.value if isinstance(v, CustomVJPPrimal) else v
+
+
 def _normalize_affine_fwd(x, scale, bias, axes, eps, axis_name, mask):
+    # symbolic_zeros=True: array arguments arrive wrapped as CustomVJPPrimal(value, perturbed).
+    x, scale, bias, mask = _primal(x), _primal(scale), _primal(bias), jax.tree.map(_primal, mask)
     mean, var, count = compute_stats(x, axes, axis_name=axis_name, mask=mask)
     inv = lax.rsqrt(var + eps)
     xhat = (x - mean) * inv
@@ -163,26 +170,36 @@ def _normalize_affine_bwd(axes, eps, axis_name, res, cts):
     del eps
     xhat, inv, count, scale, bias, mask = res
     dy, dmean, dvar = cts
-    assert dy.shape == xhat.shape and inv.shape == count.shape == dmean.shape == dvar.shape
+    if isinstance(dy, SymbolicZero):
+        dy = jnp.zeros_like(xhat)
+    assert dy.shape == xhat.shape and inv.shape == count.shape
     g = dy * scale
     sum_g, sum_gx = _psum(
         (jnp.sum(g, axis=axes, keepdims=True), jnp.sum(g * xhat, axis=axes, keepdims=True)), axis_name
     )
     # The stats outputs feed running statistics; their cotangents are usually zero but are honoured, so
     # the VJP is exact for any function of (y, mean, var). d mean/dx = m/n, d var/dx = 2 m (x - mean)/n.
-    corr = (sum_g + xhat * sum_gx) / count
-    stat_terms = (dmean + dvar * 2.0 * xhat / inv) / count
+    mean_g, mean_gx = sum_g / count, sum_gx / count
+    # Symbolic zeros (the usual case: running statistics carry no gradient) skip these full-size terms.
+    stat_terms = None
+    if not isinstance(dmean, SymbolicZero):
+        stat_terms = dmean / count
+    if not isinstance(dvar, SymbolicZero):
+        dv = dvar * 2.0 * xhat / (inv * count)
+        stat_terms = dv if stat_terms is None else stat_terms + dv
     if mask is None:
-        dx = inv * (g - corr) + stat_terms
+        dx = inv * (g - mean_g - xhat * mean_gx)
     else:
         m = jnp.broadcast_to(mask, xhat.shape).astype(xhat.dtype)
-        dx = inv * (g - m * corr) + m * stat_terms
+        dx = inv * (g - m * (mean_g + xhat * mean_gx))
+    if stat_terms is not None:
+        dx = dx + (stat_terms if mask is None else m * stat_terms)
     dscale = match_varying(_sum_to_shape(dy * xhat, scale.shape), scale)
     dbias = match_varying(_sum_to_shape(dy, bias.shape), bias)
     return match_varying(dx, xhat), dscale, dbias, None
 
 
-normalize_affine.defvjp(_normalize_affine_fwd, _normalize_affine_bwd)
+normalize_affine.defvjp(_normalize_affine_fwd, _normalize_affine_bwd, symbolic_zeros=True)
 
 
 def update_running_stats(
