@@ -196,6 +196,31 @@ def mlp_apply(
     Returns:
       ``(logits (N, num_classes), new_batch_stats)``; in eval mode ``new_batch_stats`` is ``batch_stats``.
     """
+    logits, new_stats, _ = mlp_forward(
+        params, batch_stats, x, train, spec=spec, key=key, dropout=dropout, bn_momentum=bn_momentum
+    )
+    return logits, new_stats
+
+
+def mlp_forward(
+    params: Params,
+    batch_stats: State,
+    x: Array,
+    train: bool,
+    *,
+    spec: MLPSpec,
+    key: PRNGKey | None = None,
+    dropout: Any = None,
+    bn_momentum: Any = None,
+) -> tuple[Array, State, Array]:
+    """:func:`mlp_apply` plus a non-finiteness sentinel: ``(logits, new_batch_stats, sentinel)``.
+
+    ``sentinel = sum(z * 0)`` over every pre-activation ``z`` (the normalised dense outputs) and the logits:
+    exactly 0 when all of them are finite, NaN otherwise. With a finite input, any non-finite parameter makes
+    some pre-activation non-finite (even where a later ReLU or tanh would hide it), so a training step can
+    detect non-finite parameters from this scalar without a pass over the parameters. Unused, it is
+    removed by ``jit``.
+    """
     if x.ndim != 2 or x.shape[1] != spec.in_features:
         raise ValueError(
             f"mlp_apply: x has shape {tuple(x.shape)}, expected (N, {spec.in_features}); flatten the input "
@@ -205,6 +230,7 @@ def mlp_apply(
     momentum = spec.bn_momentum if bn_momentum is None else bn_momentum
     act = ACTIVATIONS[spec.activation]
     new_stats: State = {}
+    sentinel = jnp.zeros((), jnp.float32)
     h = x
     for i in range(len(spec.hidden)):
         h, _ = dense(params[f"dense_{i}"], {}, h, train)
@@ -215,13 +241,15 @@ def mlp_apply(
             )
         elif spec.norm == "layer":
             h, _ = layer_norm(params[f"ln_{i}"], {}, h, train, eps=spec.ln_eps)
+        sentinel = sentinel + jnp.sum(h * jnp.zeros((), h.dtype), dtype=jnp.float32)
         h = act(h)
         if _dropout_after(spec, i):
             h, _ = dropout_layer(
                 {}, {}, h, train, key=None if key is None else jax.random.fold_in(key, i), rate=rate
             )
     logits, _ = dense(params[f"dense_{len(spec.hidden)}"], {}, h, train)
-    return logits, (new_stats if train else batch_stats)
+    sentinel = sentinel + jnp.sum(logits * jnp.zeros((), logits.dtype), dtype=jnp.float32)
+    return logits, (new_stats if train else batch_stats), sentinel
 
 
 def mlp(spec: MLPSpec) -> Layer:

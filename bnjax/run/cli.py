@@ -19,6 +19,53 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    import shlex
+
+    from bnjax.run.config import load_config
+    from bnjax.run.runner import run_study
+
+    overrides = [o for group in args.set for o in group]
+    config = load_config(args.config, overrides)
+    command = "bnjax " + " ".join(shlex.quote(a) for a in (args.argv or sys.argv[1:]))
+    out, summary = run_study(config, args.out, resume=args.resume, progress=not args.quiet, command=command,
+                             source=args.config)
+    print(f"results: {out}/report.md ({summary['passed']}/{summary['total']} claims PASS)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from bnjax.run.runner import rebuild_report
+
+    summary = rebuild_report(args.run_dir)
+    print(f"results: {args.run_dir.rstrip('/')}/report.md ({summary['passed']}/{summary['total']} claims PASS)")
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from bnjax.run.config import list_studies
+
+    studies = list_studies(args.configs)
+    if not studies:
+        print(f"no configs (*.toml) in {args.configs}")
+        return 1
+    width = max(len(s.path) for s in studies)
+    for s in studies:
+        text = s.description if s.error is None else f"INVALID: {s.error}"
+        print(f"{s.path:<{width}}  {text}")
+    return 0 if all(s.error is None for s in studies) else 1
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import time
+
+    from bnjax.run.bench import run_bench
+
+    out = args.out or f"bench_results/bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    run_bench(quick=args.quick, out=out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bnjax", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -28,12 +75,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--h", type=float, default=1e-5, help="finite-difference step (default 1e-5)")
     p.add_argument("--tol", type=float, default=1e-7, help="largest relative error that passes (default 1e-7)")
     p.set_defaults(func=_cmd_gradcheck)
+
+    p = sub.add_parser("run", help="run a study config: train its variants, write metrics, plots and a verdict report")
+    p.add_argument("config", help="the study's TOML file, e.g. configs/quickstart.toml (`bnjax list` shows them)")
+    p.add_argument("--set", nargs="+", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override config values (TOML literals; bare words are strings), e.g. "
+                        "--set train.epochs=2 sweep.seeds=[0,1]; checked like the file")
+    p.add_argument("--out", default=None, help="results directory (default runs/<study>-<timestamp>)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out: finished variants are kept, the interrupted one resumes from "
+                        "its last epoch checkpoint")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_run, argv=None)
+
+    p = sub.add_parser("report", help="rebuild the plots and report.md of a run directory from its saved metrics")
+    p.add_argument("run_dir", help="a directory written by `bnjax run`")
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("bench", help="time bnjax against hand-written JAX and flax.linen (steps, epochs, "
+                                     "ensembles, the BN layer); prints medians and ratios, saves JSON")
+    p.add_argument("--quick", action="store_true", help="one workload per part and few rounds (a smoke run)")
+    p.add_argument("--out", default=None, help="JSON file (default bench_results/bench-<time>.json)")
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("list", help="list the study configs with their one-line descriptions")
+    p.add_argument("--configs", default="configs", help="directory of *.toml configs (default ./configs)")
+    p.set_defaults(func=_cmd_list)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    if args.command == "run":
+        args.argv = argv
+    from bnjax.run._schema import ConfigError
+
+    try:
+        return int(args.func(args) or 0)
+    except (ConfigError, FileNotFoundError, FileExistsError) as e:
+        # Mistakes in a config or a path: one clear line, no traceback.
+        print(f"bnjax {args.command}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,127 @@
+"""Checks TOML values against the type hints of a frozen dataclass; every error names key, value and fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import types
+import typing
+from typing import Any, Literal, Union, get_args, get_origin
+
+
+class ConfigError(ValueError):
+    """A config value is unknown, of the wrong type or out of range; the message names the key and the fix."""
+
+
+def describe(hint: Any) -> str:
+    """Human-readable name of a type hint, used in error messages ("a float", "a list of ints")."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is bool:
+        return "a boolean (true/false)"
+    if hint is int:
+        return "an integer"
+    if hint is float:
+        return "a number"
+    if hint is str:
+        return "a string"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {describe(args[0]).split(' ', 1)[1]}s"
+        return f"a list of {len(args)} values"
+    if origin in (Union, types.UnionType):
+        parts = [describe(a) for a in args if a is not type(None)]
+        return " or ".join(parts) + (" (or omitted)" if type(None) in args else "")
+    return getattr(hint, "__name__", str(hint))
+
+
+def _example(key: str, value: str) -> str:
+    name = key.split(".")[-1]
+    return "." if "[" in name else f", e.g. {name} = {value}."
+
+
+def coerce(key: str, value: Any, hint: Any) -> Any:
+    """Returns ``value`` converted to ``hint`` (lists -> tuples, ints -> floats) or raises ConfigError."""
+    origin, args = get_origin(hint), get_args(hint)
+    if hint is Any or hint is object:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return coerce(key, value, option)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key} = {value!r} is not valid: expected {describe(hint)}.")
+    if origin is Literal:
+        if value not in args or isinstance(value, bool) != isinstance(args[0], bool):
+            raise ConfigError(f"{key} = {value!r} is not a valid choice: use one of {', '.join(map(repr, args))}.")
+        return value
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected {describe(hint)}.")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected {describe(hint)}" + _example(key, "10"))
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected {describe(hint)}" + _example(key, "1e-3"))
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise ConfigError(f'{key} = {value!r} has the wrong type: expected {describe(hint)}' + _example(key, '"..."'))
+        return value
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key} = {value!r} has the wrong type: expected {describe(hint)}, e.g. [1, 2].")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(f"{key}[{i}]", v, args[0]) for i, v in enumerate(value))
+        if args and len(args) != len(value):
+            raise ConfigError(f"{key} = {value!r} must have {len(args)} entries.")
+        return tuple(coerce(f"{key}[{i}]", v, a) for i, (v, a) in enumerate(zip(value, args))) if args else tuple(value)
+    return value
+
+
+def field_hints(cls: type) -> dict[str, Any]:
+    """Type hint of every init field of dataclass ``cls`` (string annotations resolved)."""
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def check_keys(section: str, raw: dict[str, Any], valid: typing.Iterable[str]) -> None:
+    """Raises ConfigError naming the first unknown key of ``raw`` and listing the valid ones."""
+    valid = list(valid)
+    for k in raw:
+        if k not in valid:
+            raise ConfigError(f"{section}.{k} is not a known key; valid keys in [{section}]: {', '.join(valid)}.")
+
+
+def build(cls: type, section: str, raw: dict[str, Any], *, exclude: typing.Iterable[str] = (), **fixed: Any) -> Any:
+    """Constructs dataclass ``cls`` from a TOML table, checking keys, types and the class's own validation.
+
+    Args:
+      cls: the frozen dataclass (its ``__post_init__`` does range checks).
+      section: the table's name, used as the key prefix in errors (``"model"`` -> ``model.norm``).
+      raw: the table.
+      exclude: fields the table may not set (filled in ``fixed`` by the caller).
+      **fixed: values for fields not read from the table.
+    """
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{section}] must be a table (section), got {raw!r}.")
+    hints = {k: v for k, v in field_hints(cls).items() if k not in set(exclude) and k not in fixed}
+    check_keys(section, raw, hints)
+    values = {k: coerce(f"{section}.{k}", v, hints[k]) for k, v in raw.items()}
+    try:
+        return cls(**values, **fixed)
+    except (ValueError, TypeError) as e:
+        # The dataclasses word their errors "Class: field=value ..."; restate them as "section.field = value ...".
+        msg = re.sub(r"^\w+: ", "", str(e))
+        m = re.match(r"(\w+)=(.*)", msg, re.DOTALL)
+        raise ConfigError(f"{section}.{m.group(1)} = {m.group(2)}" if m else f"[{section}] {msg}") from None
+

@@ -1,0 +1,39 @@
+"""Interleaved timing: every variant is measured in each round, so drift on a shared machine hits all alike."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any, Callable
+
+import jax
+
+
+def block(tree: Any) -> None:
+    jax.block_until_ready(tree)
+
+
+def time_interleaved(
+    fns: dict[str, Callable[[], Any]], *, rounds: int = 5, calls: int = 20, warmup: int = 3
+) -> dict[str, dict[str, float]]:
+    """Times each zero-argument ``fn`` (which must return what to block on) ``calls`` times per round.
+
+    Returns, per name, ``{"median_s", "min_s", "max_s"}`` of the per-call time over the round medians
+    (each round's value is its total time divided by ``calls``, with one sync at the end of the round).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            block(fn())
+    per_round: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            out = None
+            for _ in range(calls):
+                out = fn()
+            block(out)
+            per_round[name].append((time.perf_counter() - t0) / calls)
+    return {
+        name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)}
+        for name, v in per_round.items()
+    }

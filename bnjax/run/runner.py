@@ -1,0 +1,282 @@
+"""Turns a :class:`~bnjax.run.config.StudyConfig` into trained ensembles, saved metrics and a report.
+
+Each variant is one call of :func:`bnjax.train.train_ensemble`: its sweep (seeds x numeric axes) is ONE
+vmapped program; variants differ in structure and compile separately. Metrics are appended to
+``metrics.jsonl`` after every epoch, a finished variant is saved under ``variants/<name>/`` before the next
+starts, and the engine checkpoints every epoch, so ``--resume`` continues a killed run where it stopped.
+
+A study's analysis module may define ``post_train(trained: TrainedVariant) -> dict`` to compute numbers that
+need the trained parameters (e.g. recomputed BN statistics); they are saved in ``extras.json`` so that
+``bnjax report`` never needs to retrain.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import sys
+import time
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from bnjax.data import Dataset
+from bnjax.nn import MLPSpec
+from bnjax.run.config import (
+    ConfigError,
+    DataConfig,
+    StudyConfig,
+    Variant,
+    load_config,
+    resolved_raw,
+)
+from bnjax.run.progress import EpochBar
+from bnjax.run.report import load_analysis, write_report
+from bnjax.run.results import (
+    StudyResults,
+    VariantResult,
+    is_finished,
+    jsonable,
+    load_variant,
+    read_metrics,
+    save_variant,
+    variant_dir,
+)
+from bnjax.train import EnsembleResult, TrainConfig, train_ensemble
+
+__all__ = ["TrainedVariant", "default_out_dir", "load_results", "rebuild_report", "run_study"]
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+
+
+@dataclass
+class TrainedVariant:
+    """What an analysis module's ``post_train`` receives: one variant right after training.
+
+    Attributes:
+      variant: the resolved config of the variant.
+      spec: the model that was trained.
+      cfg: the training settings.
+      data: the prepared dataset.
+      result: the engine's result (``params``/``batch_stats`` carry a leading member axis ``K``).
+    """
+
+    variant: Variant
+    spec: MLPSpec
+    cfg: TrainConfig
+    data: Dataset
+    result: EnsembleResult
+
+
+def default_out_dir(config: StudyConfig, base: str | Path = "runs") -> Path:
+    """``runs/<study>-<YYYYmmdd-HHMMSS>``."""
+    return Path(base) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def _device() -> str:
+    import jax
+
+    d = jax.devices()[0]
+    kind = getattr(d, "device_kind", d.platform)
+    name = d.platform if kind == d.platform else f"{d.platform} ({kind})"
+    return f"{name}, {jax.device_count()} device(s), {os.cpu_count()} CPU core(s), jax {jax.__version__}"
+
+
+def _check_out_dir(config: StudyConfig, out: Path, resume: bool) -> None:
+    saved = out / CONFIG_FILE
+    if resume:
+        if not saved.is_file():
+            raise FileNotFoundError(f"--resume: {saved} not found; resume needs the directory of an earlier run "
+                                    f"of this config (--out DIR).")
+        before = json.loads(saved.read_text())
+        now = jsonable(resolved_raw(config))
+        if before != now:
+            diffs = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+            raise ConfigError(f"--resume: the config differs from the one saved in {saved} (tables {diffs}); "
+                              f"resume with the same config and --set options, or use a new --out directory.")
+    elif saved.exists():
+        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose another --out.")
+
+
+def _metric_line(variant: str, k: int, member: dict[str, Any], epoch: int, values: dict[str, Any]) -> dict:
+    line = {"variant": variant, "member": k, "epoch": epoch, **member}
+    for name, v in values.items():
+        x = float(np.asarray(v).reshape(-1)[k])
+        line[name] = x if np.isfinite(x) else None
+    return line
+
+
+class _MetricsLog:
+    """Appends one JSON line per member per epoch, flushed at once so a crash loses nothing written."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.f = open(path, "a")  # noqa: SIM115 - held open across the run, closed in run_study's finally
+
+    def write(self, lines: list[dict[str, Any]]) -> None:
+        for line in lines:
+            self.f.write(json.dumps(line) + "\n")
+        self.f.flush()
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _train_variant(
+    variant: Variant,
+    data: Dataset,
+    out: Path,
+    log: _MetricsLog,
+    module: types.ModuleType | None,
+    *,
+    resume: bool,
+    progress: bool,
+) -> VariantResult:
+    spec = variant.model.spec(data.num_features, data.num_classes)
+    cfg = variant.train
+    members = variant.sweep.members()
+    vdir = variant_dir(out, variant.name)
+    vdir.mkdir(parents=True, exist_ok=True)
+    (vdir / "spec.json").write_text(json.dumps(jsonable({
+        **variant.to_dict(), "mlp_spec": dataclasses.asdict(spec), "dataset": data.describe(),
+        "preprocessing": dict(data.preprocessing),
+    }), indent=1))
+    ckpt = out / "checkpoints" / variant.name
+    resolved: list[dict[str, Any]] = []
+
+    t0 = time.perf_counter()
+    with EpochBar(variant.name, cfg.epochs, len(members["seed"]), enabled=progress) as bar:
+        def callback(epoch: int, metrics: dict[str, np.ndarray]) -> None:
+            k_members = len(members["seed"])
+            log.write([_metric_line(variant.name, k, {a: members[a][k] for a in members}, epoch, metrics)
+                       for k in range(k_members)])
+            bar.update(epoch, metrics)
+
+        result = train_ensemble(spec, cfg, data, members, callback=callback, checkpoint_dir=str(ckpt),
+                                resume=resume)
+    resolved = result.members
+
+    # Epoch 0 (before training) and any epoch a crash left unlogged come from the final history.
+    logged = {(r["member"], r["epoch"]) for r in read_metrics(log.path) if r["variant"] == variant.name}
+    missing = []
+    for epoch in range(result.history["train_acc"].shape[1]):
+        values = {m: a[:, epoch] for m, a in result.history.items()}
+        for k in range(len(resolved)):
+            if (k, epoch) not in logged:
+                missing.append(_metric_line(variant.name, k, {a: members[a][k] for a in members}, epoch, values))
+    log.write(missing)
+
+    extras: dict[str, Any] = {}
+    if module is not None and callable(getattr(module, "post_train", None)):
+        extras = module.post_train(TrainedVariant(variant, spec, cfg, data, result)) or {}
+    wall = time.perf_counter() - t0
+    vr = VariantResult(
+        name=variant.name, members=resolved, axes=variant.sweep.axes, history=result.history,
+        loss_history=result.loss_history, diverged_step=result.diverged_step, wall_time=wall,
+        epoch_times=np.asarray(result.epoch_times), spec=variant.to_dict(), extras=jsonable(extras),
+    )
+    vr.extras["compile_seconds"] = float(result.compile_seconds)
+    save_variant(out, vr)
+    shutil.rmtree(ckpt, ignore_errors=True)  # the saved variant supersedes its checkpoint
+    return vr
+
+
+def run_study(
+    config: StudyConfig,
+    out_dir: str | Path | None = None,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    command: str | None = None,
+    source: str | Path | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[Path, dict[str, Any]]:
+    """Trains every variant of ``config``, then writes plots, ``summary.json`` and ``report.md``.
+
+    Args:
+      config: the parsed study.
+      out_dir: results directory; default ``runs/<study>-<timestamp>``.
+      resume: continue the run in ``out_dir``: finished variants are kept, the interrupted one restarts from
+        its last epoch checkpoint.
+      progress: show a progress bar per variant.
+      command: the command line, recorded in the report.
+      source: the config file, copied into the run directory.
+      log: where status lines go (default: stderr).
+
+    Returns:
+      ``(out_dir, summary)``; ``summary`` is what ``summary.json`` holds (claims with verdicts, final numbers).
+    """
+    say = log or (lambda s: print(s, file=sys.stderr))
+    out = Path(out_dir) if out_dir is not None else default_out_dir(config)
+    _check_out_dir(config, out, resume)
+    module = load_analysis(config.analysis_path)  # fail before training if the module is missing or broken
+    out.mkdir(parents=True, exist_ok=True)
+    (out / CONFIG_FILE).write_text(json.dumps(jsonable(resolved_raw(config)), indent=1))
+    if source is not None and Path(source).is_file() and Path(source).resolve() != (out / "config.source.toml").resolve():
+        shutil.copyfile(source, out / "config.source.toml")
+    if config.analysis_path is not None:
+        shutil.copyfile(config.analysis_path, out / "analysis.py")
+    meta_path = out / "run.json"
+    meta = json.loads(meta_path.read_text()) if resume and meta_path.is_file() else {}
+    meta.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
+    meta.update(command=command or meta.get("command"), device=_device(), python=platform.python_version())
+    meta_path.write_text(json.dumps(meta, indent=1))
+
+    t0 = time.perf_counter()
+    datasets: dict[DataConfig, Dataset] = {}
+    metrics_log = _MetricsLog(out / METRICS_FILE)
+    try:
+        for variant in config.variants:
+            if resume and is_finished(out, variant.name):
+                say(f"{variant.name}: finished in an earlier run, kept")
+                continue
+            if variant.data not in datasets:
+                try:
+                    datasets[variant.data] = variant.data.load()
+                except ValueError as e:
+                    raise ConfigError(f"[data] of variant {variant.name!r}: {e}") from None
+            _train_variant(variant, datasets[variant.data], out, metrics_log, module, resume=resume,
+                           progress=progress)
+    finally:
+        metrics_log.close()
+    try:
+        (out / "checkpoints").rmdir()  # only when every variant finished and removed its checkpoint
+    except OSError:
+        pass
+    meta["wall_time_s"] = float(meta.get("wall_time_s") or 0.0) + (time.perf_counter() - t0)
+    meta_path.write_text(json.dumps(meta, indent=1))
+    summary = write_report(load_results(out), module)
+    return out, summary
+
+
+def load_results(run_dir: str | Path) -> StudyResults:
+    """Reads a finished run directory (config, every variant's saved numbers, run metadata)."""
+    run_dir = Path(run_dir)
+    cfg_path = run_dir / CONFIG_FILE
+    if not cfg_path.is_file():
+        raise FileNotFoundError(f"{cfg_path} not found: {run_dir} is not a bnjax run directory.")
+    config = load_config(cfg_path)
+    variants = {v.name: load_variant(run_dir, v.name) for v in config.variants}
+    meta_path = run_dir / "run.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    return StudyResults(run_dir=run_dir, config=config, variants=variants, meta=meta)
+
+
+def rebuild_report(run_dir: str | Path) -> dict[str, Any]:
+    """Rewrites the plots, ``summary.json`` and ``report.md`` of a run directory from its saved numbers.
+
+    The analysis module is the one the config names if it still exists, else the copy saved in the run.
+    """
+    results = load_results(run_dir)
+    path = results.config.analysis_path
+    if path is not None and not path.is_file() and (Path(run_dir) / "analysis.py").is_file():
+        path = Path(run_dir) / "analysis.py"
+    return write_report(results, load_analysis(path))

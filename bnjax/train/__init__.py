@@ -1,0 +1,42 @@
+"""Training: optax optimizers, a pure jitted step, epochs as ``lax.scan``, vmapped ensembles, precise BN,
+checkpoints. Imports :mod:`bnjax.nn`; never :mod:`bnjax.run`."""
+
+from bnjax.train._checkpoint import load_checkpoint as load_checkpoint
+from bnjax.train._checkpoint import make_fingerprint as make_fingerprint
+from bnjax.train._checkpoint import save_checkpoint as save_checkpoint
+from bnjax.train._config import TrainConfig as TrainConfig
+from bnjax.train._config import lr_factor as lr_factor
+from bnjax.train._config import make_optimizer as make_optimizer
+from bnjax.train._ensemble import EnsembleResult as EnsembleResult
+from bnjax.train._ensemble import init_ensemble as init_ensemble
+from bnjax.train._ensemble import make_epoch_fn as make_epoch_fn
+from bnjax.train._ensemble import make_eval_fn as make_eval_fn
+from bnjax.train._ensemble import resolve_members as resolve_members
+from bnjax.train._ensemble import train_ensemble as train_ensemble
+from bnjax.train._precise_bn import recompute_batch_stats as recompute_batch_stats
+from bnjax.train._step import TrainState as TrainState
+from bnjax.train._step import evaluate as evaluate
+from bnjax.train._step import init_train_state as init_train_state
+from bnjax.train._step import l2_penalty as l2_penalty
+from bnjax.train._step import make_train_step as make_train_step
+
+__all__ = [
+    "load_checkpoint",
+    "make_fingerprint",
+    "save_checkpoint",
+    "TrainConfig",
+    "lr_factor",
+    "make_optimizer",
+    "EnsembleResult",
+    "init_ensemble",
+    "make_epoch_fn",
+    "make_eval_fn",
+    "resolve_members",
+    "train_ensemble",
+    "recompute_batch_stats",
+    "TrainState",
+    "evaluate",
+    "init_train_state",
+    "l2_penalty",
+    "make_train_step",
+]

@@ -1,0 +1,140 @@
+"""Population statistics of batch norm recomputed with frozen parameters ("precise BN").
+
+The running averages collected during training mix statistics of many different parameter values (EMA) and
+are noisy. With the parameters frozen, the population mean and variance of every BN layer can instead be
+estimated as the plain average over ``B`` training batches of the per-batch mean and variance, each batch
+passed through the model in train mode (so layer ``l`` sees the outputs of earlier layers normalised with
+their own batch statistics) -- what torch's ``torch.optim.swa_utils.update_bn`` and fvcore's
+``update_bn_stats`` compute. Ioffe & Szegedy (2015), Alg. 2 step 10, additionally uses the unbiased
+``m / (m - 1)`` variance.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from bnjax._typing import Array, Params, PRNGKey, State
+from bnjax.nn._mlp import MLPSpec, mlp_apply
+
+
+def _average_stats(
+    spec: MLPSpec,
+    params: Params,
+    batch_stats: State,
+    batches: Array,
+    *,
+    unbiased: bool,
+    rate: Any,
+    key: PRNGKey | None,
+) -> State:
+    """Core of :func:`recompute_batch_stats` on ``batches (B, m, D)``; jit/vmap friendly."""
+    # The model's own cumulative mode is exactly "simple average of every batch's statistics": starting from
+    # count 0, the initial values get weight 0. Momentum plays no part in it.
+    cum = spec.replace(bn_average="cumulative", bn_unbiased=unbiased)
+    zero = {
+        name: {"mean": jnp.zeros_like(s["mean"]), "var": jnp.zeros_like(s["var"]), "count": jnp.zeros((), jnp.int32)}
+        for name, s in batch_stats.items()
+    }
+    use_dropout = not (isinstance(rate, (int, float)) and rate == 0)
+
+    def body(stats, args):
+        i, xb = args
+        k = jax.random.fold_in(key, i) if use_dropout else None
+        _, stats = mlp_apply(params, stats, xb, True, spec=cum, key=k, dropout=rate if use_dropout else 0.0)
+        return stats, None
+
+    stats, _ = jax.lax.scan(body, zero, (jnp.arange(batches.shape[0]), batches))
+    out = {}
+    for name, s in batch_stats.items():
+        out[name] = {"mean": stats[name]["mean"], "var": stats[name]["var"]}
+        if "count" in s:  # a model trained in cumulative mode keeps its layout: count = batches averaged
+            out[name]["count"] = stats[name]["count"]
+    return out
+
+
+@partial(jax.jit, static_argnames=("spec", "num_batches", "batch_size", "unbiased", "use_dropout"))
+def _recompute_jit(spec, params, batch_stats, x, rate, key, *, num_batches, batch_size, unbiased, use_dropout):
+    batches = x[: num_batches * batch_size].reshape(num_batches, batch_size, x.shape[1])
+    return _average_stats(
+        spec, params, batch_stats, batches, unbiased=unbiased, rate=rate if use_dropout else 0.0, key=key
+    )
+
+
+def recompute_batch_stats(
+    spec: MLPSpec,
+    params: Params,
+    batch_stats: State,
+    x: Any,
+    *,
+    batch_size: int = 50,
+    num_batches: int | None = None,
+    num_samples: int | None = None,
+    unbiased: bool = False,
+    dropout: bool | float = False,
+    key: PRNGKey | None = None,
+) -> State:
+    """Batch-norm population statistics recomputed over training batches with the parameters frozen.
+
+    The first ``B * batch_size`` rows of ``x`` (in the given order; shuffle beforehand for random batches)
+    are split into ``B`` consecutive batches. Each batch goes through the model in train mode, and for every
+    BN layer ``l`` at once::
+
+        mean_l = (1 / B) * sum_b mean_l(batch b)
+        var_l  = (1 / B) * sum_b var_l(batch b) * (m / (m - 1) if unbiased else 1)
+
+    where ``mean_l(batch b)``, ``var_l(batch b)`` are the biased batch statistics of layer ``l``'s input
+    with all earlier layers in train mode (torch ``update_bn`` / fvcore ``update_bn_stats``; the unbiased
+    variant is Ioffe & Szegedy 2015, Alg. 2).
+
+    Args:
+      spec: the model.
+      params: frozen parameters.
+      batch_stats: current statistics (only their layout is used: a ``"count"`` is kept, set to ``B``).
+      x: ``(N, spec.in_features)`` training inputs.
+      batch_size: ``m``, the batch size (use the training batch size: BN's statistics depend on it).
+      num_batches: ``B``; default ``N // batch_size`` (every full batch).
+      num_samples: alternatively, ``B = num_samples // batch_size``.
+      unbiased: multiply each batch variance by ``m / (m - 1)``.
+      dropout: ``False`` (default) disables dropout; ``True`` applies ``spec.dropout``; a float applies that
+        rate. Dropout needs ``key``.
+      key: PRNG key for dropout (batch ``b`` uses ``fold_in(key, b)``).
+
+    Returns:
+      New ``batch_stats`` with the layout of ``batch_stats`` (unchanged if the model has no batch norm).
+    """
+    fn = "recompute_batch_stats"
+    x = jnp.asarray(x)
+    if x.ndim != 2 or x.shape[1] != spec.in_features:
+        raise ValueError(f"{fn}: x has shape {tuple(x.shape)}, expected (N, {spec.in_features}); flatten it first.")
+    if not isinstance(batch_size, int) or batch_size < 2:
+        raise ValueError(f"{fn}: batch_size={batch_size!r} must be an int >= 2 (BN needs a batch variance).")
+    if num_batches is not None and num_samples is not None:
+        raise ValueError(f"{fn}: pass num_batches={num_batches!r} or num_samples={num_samples!r}, not both.")
+    if num_samples is not None:
+        num_batches = num_samples // batch_size
+    elif num_batches is None:
+        num_batches = x.shape[0] // batch_size
+    if num_batches < 1 or num_batches * batch_size > x.shape[0]:
+        raise ValueError(
+            f"{fn}: {num_batches} batches of {batch_size} need {num_batches * batch_size} rows, x has "
+            f"{x.shape[0]} (and at least one batch is needed); lower num_batches/num_samples or batch_size."
+        )
+    if not batch_stats:
+        return batch_stats
+    if dropout is True:
+        rate = spec.dropout
+    elif dropout is False:
+        rate = 0.0
+    else:
+        rate = float(dropout)
+    use_dropout = rate > 0
+    if use_dropout and key is None:
+        raise ValueError(f"{fn}: dropout={dropout!r} (rate {rate}) needs a PRNG key, e.g. key=jax.random.key(0).")
+    return _recompute_jit(
+        spec, params, batch_stats, x, jnp.float32(rate), key if use_dropout else jax.random.key(0),
+        num_batches=num_batches, batch_size=batch_size, unbiased=bool(unbiased), use_dropout=use_dropout,
+    )

@@ -1,0 +1,205 @@
+"""Train state, the pure training step, one epoch as a ``lax.scan``, and evaluation.
+
+Randomness is counter based: a member's dropout key at global step ``t`` is
+``fold_in(fold_in(member_key, DROPOUT), t)`` and its shuffle key in epoch ``e`` is
+``fold_in(fold_in(shuffle_key, SHUFFLE), e)``, so a run resumed from a checkpoint (which stores ``t``) draws
+exactly the numbers an uninterrupted run draws.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bnjax._typing import Array, Params, State
+from bnjax.nn._mlp import MLPSpec, mlp_apply, mlp_forward, mlp_init
+from bnjax.train._config import TrainConfig, lr_factor, make_optimizer
+
+# fold_in tags that separate the random streams derived from one seed.
+_INIT, _TRAIN, _SHUFFLE, _DROPOUT, _EVAL = 0, 1, 2, 3, 4
+
+
+class TrainState(NamedTuple):
+    """Everything that changes during training, for one member (stacked on a leading axis for ensembles).
+
+    Attributes:
+      params, batch_stats: the model (:func:`bnjax.mlp_init` layout).
+      opt_state: optax state of :func:`make_optimizer`.
+      key: raw ``uint32`` key data of the member's training key (dropout, and shuffling unless shared).
+      hyper: the member's traced hyperparameters ``{"learning_rate", "dropout", "bn_momentum"}`` (float32).
+      step: global step count (int32), the number of steps taken so far.
+      diverged_step: -1, or the 0-based global step at which the member diverged (see
+        :func:`make_train_step`); from then on its parameters and batch statistics are frozen.
+    """
+
+    params: Params
+    batch_stats: State
+    opt_state: Any
+    key: Array
+    hyper: dict[str, Array]
+    step: Array
+    diverged_step: Array
+
+
+def member_keys(seed: int) -> tuple[Array, Array]:
+    """``(init_key, train_key)`` of a member, both derived from its seed only."""
+    base = jax.random.key(seed)
+    return jax.random.fold_in(base, _INIT), jax.random.fold_in(base, _TRAIN)
+
+
+def shared_shuffle_key(seed: int) -> Array:
+    """Raw key data of the shuffle stream that all members share when ``shared_batches=True``."""
+    return jax.random.key_data(jax.random.fold_in(jax.random.key(seed), _SHUFFLE))
+
+
+def init_train_state(
+    spec: MLPSpec,
+    cfg: TrainConfig,
+    *,
+    seed: int | None = None,
+    weight_scale: Any = None,
+    learning_rate: Any = None,
+    dropout: Any = None,
+    bn_momentum: Any = None,
+) -> TrainState:
+    """The initial :class:`TrainState` of one member; ``None`` arguments take ``spec``/``cfg`` values.
+
+    The model is initialised from ``member_keys(seed)[0]``; ``weight_scale`` and the hyperparameters may be
+    traced scalars (so this function can be vmapped over members).
+    """
+    seed = cfg.seed if seed is None else seed
+    init_key, train_key = member_keys(seed)
+    params, batch_stats = mlp_init(init_key, spec, weight_scale=weight_scale)
+    hyper = {
+        "learning_rate": jnp.asarray(cfg.learning_rate if learning_rate is None else learning_rate, jnp.float32),
+        "dropout": jnp.asarray(spec.dropout if dropout is None else dropout, jnp.float32),
+        "bn_momentum": jnp.asarray(spec.bn_momentum if bn_momentum is None else bn_momentum, jnp.float32),
+    }
+    return TrainState(
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=make_optimizer(cfg).init(params),
+        key=jax.random.key_data(train_key),
+        hyper=hyper,
+        step=jnp.zeros((), jnp.int32),
+        diverged_step=jnp.full((), -1, jnp.int32),
+    )
+
+
+def l2_penalty(params: Params) -> Array:
+    """``0.5 * sum(W**2)`` over the ``"weight"`` of every ``dense_*`` layer (CS231n regularisation)."""
+    return 0.5 * sum(jnp.sum(jnp.square(p["weight"])) for name, p in params.items() if name.startswith("dense_"))
+
+
+def make_train_step(
+    spec: MLPSpec, cfg: TrainConfig, steps_per_epoch: int, *, use_dropout: bool | None = None
+) -> Callable[[TrainState, tuple[Array, Array]], tuple[TrainState, dict[str, Array]]]:
+    """The pure training step ``step(state, (x, y)) -> (state, {"loss"})`` of one member.
+
+    One step on the mini-batch ``x (B, D)``, ``y (B,)`` int labels: train-mode forward (batch statistics,
+    dropout with the member's rate and key), loss ``mean softmax-CE + 0.5 * l2 * sum(W**2)``, gradient,
+    ``params -= lr * schedule(step) * direction`` (:func:`make_optimizer`), running statistics updated.
+    Divergence: if the loss is non-finite, or any parameter is (detected through the pre-activation sentinel
+    of :func:`bnjax.nn._mlp.mlp_forward`, at no extra pass over the parameters), the member is marked diverged
+    at this step, and its parameters and batch statistics keep their values from before the step, in this and
+    every later step (``jnp.where`` per member). Its reported loss is NaN from the next step on. An update
+    that overflows a parameter while the loss is still finite is caught by the next step, whose frozen state
+    then holds that non-finite value. The optimizer state of a diverged member is not frozen: it is never used
+    again, and selecting the Adam moments costs XLA:CPU two extra copies of them per step. ``step`` always
+    advances.
+
+    Args:
+      spec, cfg: model and training configuration (static).
+      steps_per_epoch: steps per epoch (for ``"epoch_decay"``/``"cosine"`` schedules).
+      use_dropout: trace dropout in (True) or leave it out (False); default ``spec.dropout > 0``. An ensemble
+        whose members sweep the rate passes True.
+
+    Returns:
+      The step function; wrap it in ``jax.jit`` (and ``jax.vmap`` for ensembles).
+    """
+    opt = make_optimizer(cfg)
+    use_dropout = spec.dropout > 0 if use_dropout is None else use_dropout
+
+    def loss_fn(params, batch_stats, x, y, key, hyper):
+        logits, new_stats, sentinel = mlp_forward(
+            params, batch_stats, x, True, spec=spec, key=key,
+            dropout=hyper["dropout"] if use_dropout else 0.0, bn_momentum=hyper["bn_momentum"],
+        )
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+        if cfg.l2:
+            loss = loss + cfg.l2 * l2_penalty(params)
+        return loss, (new_stats, sentinel)
+
+    def step(state: TrainState, batch: tuple[Array, Array]) -> tuple[TrainState, dict[str, Array]]:
+        x, y = batch
+        t = state.step
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.key), _DROPOUT), t)
+        (loss, (new_stats, sentinel)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, x, y, key, state.hyper
+        )
+        direction, new_opt = opt.update(grads, state.opt_state, state.params)
+        lr = -state.hyper["learning_rate"] * lr_factor(cfg, t, steps_per_epoch)
+        new_params = jax.tree.map(lambda p, u: p + (lr * u).astype(p.dtype), state.params, direction)
+
+        # Divergence test without a pass over the parameters: the loss, plus the sentinel that is NaN when any
+        # pre-activation is non-finite, i.e. when an earlier update left a non-finite parameter.
+        was_ok = state.diverged_step < 0
+        ok = was_ok & jnp.isfinite(loss + sentinel)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        new_state = TrainState(
+            params=keep(new_params, state.params),
+            batch_stats=keep(new_stats, state.batch_stats),
+            opt_state=new_opt,
+            key=state.key,
+            hyper=state.hyper,
+            step=t + 1,
+            diverged_step=jnp.where(was_ok & ~ok, t, state.diverged_step),
+        )
+        return new_state, {"loss": jnp.where(was_ok & jnp.isfinite(sentinel), loss, jnp.nan)}
+
+    return step
+
+
+def epoch_batches(shuffle_key: Array, epoch: Array, num_examples: int, steps: int, batch_size: int) -> Array:
+    """Example indices ``(steps, batch_size)`` of one epoch: a fresh permutation, the remainder skipped."""
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(shuffle_key), _SHUFFLE), epoch)
+    return jax.random.permutation(key, num_examples)[: steps * batch_size].reshape(steps, batch_size)
+
+
+def evaluate(
+    spec: MLPSpec,
+    params: Params,
+    batch_stats: State,
+    x: Array,
+    y: Array,
+    *,
+    batch_size: int = 1000,
+) -> dict[str, Array]:
+    """Eval-mode accuracy and mean softmax cross-entropy of one model on ``x (N, D)``, ``y (N,)``.
+
+    Runs in chunks of ``batch_size`` (the last chunk padded and masked), so memory stays bounded; jit- and
+    vmap-compatible (vmap over ``params``/``batch_stats`` for an ensemble). Returns ``{"acc", "loss"}``
+    (NaN for ``N == 0``).
+    """
+    n = x.shape[0]
+    if n == 0:
+        return {"acc": jnp.full((), jnp.nan), "loss": jnp.full((), jnp.nan)}
+    bs = min(batch_size, n)
+    chunks = -(-n // bs)
+    pad = chunks * bs - n
+    xs = jnp.pad(x, ((0, pad), (0, 0))).reshape(chunks, bs, -1)
+    ys = jnp.pad(y, (0, pad)).reshape(chunks, bs)
+    mask = (jnp.arange(chunks * bs) < n).reshape(chunks, bs)
+
+    def chunk(args):
+        xc, yc, mc = args
+        logits, _ = mlp_apply(params, batch_stats, xc, False, spec=spec)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, yc)
+        correct = jnp.argmax(logits, axis=-1) == yc
+        return jnp.sum(jnp.where(mc, correct, False)), jnp.sum(jnp.where(mc, ce, 0.0))
+
+    correct, ce = jax.lax.map(chunk, (xs, ys, mask))
+    return {"acc": jnp.sum(correct) / n, "loss": jnp.sum(ce) / n}

@@ -1,0 +1,158 @@
+"""The training step, optimizers, schedules, TrainConfig checks and a single-model train_ensemble run."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from mlp_reference import mlp_forward, softmax_cross_entropy
+from train_helpers import TOY_CFG, TOY_SPEC, toy_data
+
+from bnjax.train import (
+    TrainConfig,
+    init_train_state,
+    l2_penalty,
+    lr_factor,
+    make_optimizer,
+    make_train_step,
+    train_ensemble,
+)
+
+
+def _batch(n=16, seed=0):
+    d = toy_data()
+    return jnp.asarray(d.x_train[:n]), jnp.asarray(d.y_train[:n])
+
+
+def test_step_lowers_loss_and_updates_stats():
+    step = jax.jit(make_train_step(TOY_SPEC, TOY_CFG, steps_per_epoch=4))
+    state = init_train_state(TOY_SPEC, TOY_CFG, seed=0)
+    batch = _batch()
+    s1, m1 = step(state, batch)
+    s2, m2 = step(s1, batch)
+    assert float(m2["loss"]) < float(m1["loss"])
+    assert int(s2.step) == 2 and int(s2.diverged_step) == -1
+    # The loss of step 1 is the train-mode loss of the initial parameters (independent NumPy forward).
+    logits, new_stats, _ = mlp_forward(state.params, state.batch_stats, np.asarray(batch[0]), True,
+                                       hidden=TOY_SPEC.hidden, norm="batch")
+    assert float(m1["loss"]) == pytest.approx(softmax_cross_entropy(logits, np.asarray(batch[1])), rel=1e-5)
+    np.testing.assert_allclose(s1.batch_stats["bn_0"]["mean"], new_stats["bn_0"]["mean"], rtol=1e-5, atol=1e-6)
+
+
+def test_jit_equals_no_jit():
+    spec, cfg = TOY_SPEC.replace(hidden=(4,)), TOY_CFG.replace(l2=1e-2)
+    step = make_train_step(spec, cfg, steps_per_epoch=4)
+    state = init_train_state(spec, cfg, seed=3)
+    batch = _batch(8)
+    eager_state, eager_m = step(state, batch)
+    jit_state, jit_m = jax.jit(step)(state, batch)
+    np.testing.assert_allclose(eager_m["loss"], jit_m["loss"], rtol=1e-6)
+    for a, b in zip(jax.tree.leaves(eager_state), jax.tree.leaves(jit_state)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("name, reference", [
+    ("sgd", lambda lr: optax.sgd(lr)),
+    ("momentum", lambda lr: optax.sgd(lr, momentum=0.8)),
+    ("adam", lambda lr: optax.adam(lr)),
+    ("adamw", None),
+])
+def test_update_equals_optax(key, name, reference):
+    """params - lr * direction (per-member lr) equals optax's own optimizer with that lr, over 3 updates."""
+    cfg = TrainConfig(optimizer=name, momentum=0.8, weight_decay=0.1 if name == "adamw" else 0.0)
+    params = {"dense_0": {"weight": jax.random.normal(key, (3, 4)), "bias": jnp.ones(3)},
+              "bn_0": {"scale": jnp.ones(3), "bias": jnp.zeros(3)}}
+    if reference is None:  # decoupled decay on dense weights only
+        mask = {"dense_0": {"weight": True, "bias": False}, "bn_0": {"scale": False, "bias": False}}
+        ref = optax.adamw(0.05, weight_decay=0.1, mask=mask)
+    else:
+        ref = reference(0.05)
+    opt = make_optimizer(cfg)
+    p_ours, s_ours = params, opt.init(params)
+    p_ref, s_ref = params, ref.init(params)
+    for i in range(3):
+        g = jax.tree.map(lambda a: jnp.sin(a * (i + 1)), p_ours)
+        d, s_ours = opt.update(g, s_ours, p_ours)
+        p_ours = jax.tree.map(lambda p, u: p - 0.05 * u, p_ours, d)
+        u, s_ref = ref.update(g, s_ref, p_ref)
+        p_ref = optax.apply_updates(p_ref, u)
+    for a, b in zip(jax.tree.leaves(p_ours), jax.tree.leaves(p_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_schedules():
+    spe = 5
+    decay = TrainConfig(schedule="epoch_decay", lr_decay=0.5)
+    assert [float(lr_factor(decay, t, spe)) for t in (0, 4, 5, 12)] == [1.0, 1.0, 0.5, 0.25]
+    cos = TrainConfig(schedule="cosine", epochs=2)
+    for t in (0, 3, 10):
+        assert float(lr_factor(cos, t, spe)) == pytest.approx(0.5 * (1 + np.cos(np.pi * t / 10)), abs=1e-6)
+    assert float(lr_factor(TrainConfig(), 99, spe)) == 1.0
+
+
+def test_l2_penalty_counts_dense_weights_only():
+    params = {"dense_0": {"weight": jnp.full((2, 3), 2.0), "bias": jnp.ones(2)},
+              "bn_0": {"scale": jnp.full(2, 5.0), "bias": jnp.ones(2)},
+              "dense_1": {"weight": jnp.ones((1, 2))}}
+    assert float(l2_penalty(params)) == pytest.approx(0.5 * (6 * 4.0 + 2.0))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"optimizer": "rmsprop"}, r"optimizer='rmsprop' is not a valid option"),
+    ({"schedule": "step"}, r"schedule='step' is not a valid option"),
+    ({"lr_decay": 0.9}, r"lr_decay=0.9 only acts with schedule='epoch_decay'"),
+    ({"learning_rate": 0.0}, r"learning_rate=0.0 must be a positive number"),
+    ({"weight_decay": 0.1}, r"weight_decay=0.1 is the decoupled decay of optimizer='adamw'"),
+    ({"batch_size": 0}, r"batch_size=0 must be a positive int"),
+    ({"precise_bn_batches": -1}, r"precise_bn_batches=-1 must be an int >= 0"),
+    ({"momentum": 1.0}, r"momentum=1.0 must be in \[0, 1\)"),
+])
+def test_config_validation(kwargs, match):
+    with pytest.raises(ValueError, match="TrainConfig: " + match):
+        TrainConfig(**kwargs)
+
+
+def test_single_model_run_history_and_callback():
+    data = toy_data()
+    seen = []
+    cfg = TOY_CFG.replace(precise_bn_batches=2)
+    r = train_ensemble(TOY_SPEC, cfg, data, callback=lambda e, m: seen.append((e, sorted(m), m["val_acc"].shape)))
+    names = {f"{s}_{m}{p}" for s in ("train", "val", "test") for m in ("acc", "loss") for p in ("", "_precise")}
+    assert set(r.history) == names
+    assert all(v.shape == (1, 3) for v in r.history.values())
+    assert r.loss_history.shape == (1, 2 * 4) and r.steps_per_epoch == 4
+    assert [e for e, _, _ in seen] == [1, 2] and seen[0][2] == (1,)
+    assert "loss" in seen[0][1] and "val_acc_precise" in seen[0][1]
+    assert r.diverged_step.tolist() == [-1]
+    assert r.members == [{"seed": 0, "weight_scale": 0.3, "dropout": 0.0, "learning_rate": 1e-2, "bn_momentum": 0.9}]
+    assert r.history["train_acc"][0, -1] > 0.8  # blobs are easy
+    assert r.history["train_loss"][0, -1] < r.history["train_loss"][0, 0]
+    assert jax.tree.leaves(r.params)[0].shape[0] == 1
+    # Epoch-0 accuracy is the eval-mode accuracy of the initial model on the fixed train subset.
+    js = r.to_json()
+    assert js["diverged_step"] == [-1] and len(js["history"]["val_acc"][0]) == 3
+
+
+def test_same_seed_is_bit_identical():
+    data = toy_data()
+    a = train_ensemble(TOY_SPEC, TOY_CFG, data)
+    b = train_ensemble(TOY_SPEC, TOY_CFG, data)
+    for k in a.history:
+        np.testing.assert_array_equal(a.history[k], b.history[k])
+    np.testing.assert_array_equal(a.loss_history, b.loss_history)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_array_equal(x, y)
+    c = train_ensemble(TOY_SPEC, TOY_CFG.replace(seed=1), data)
+    assert not np.array_equal(a.loss_history, c.loss_history)
+
+
+def test_data_errors():
+    data = toy_data()
+    with pytest.raises(ValueError, match=r"data.x_train has 6 features .* spec.in_features=5; set MLPSpec\(in_features=6\)"):
+        train_ensemble(TOY_SPEC.replace(in_features=5), TOY_CFG, data)
+    with pytest.raises(ValueError, match=r"data has 3 classes but spec.num_classes=4"):
+        train_ensemble(TOY_SPEC.replace(num_classes=4), TOY_CFG, data)
+    with pytest.raises(ValueError, match=r"fewer than cfg.batch_size=100"):
+        train_ensemble(TOY_SPEC, TOY_CFG.replace(batch_size=100), data)
+    with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
+        train_ensemble(TOY_SPEC, TOY_CFG, data, resume=True)
