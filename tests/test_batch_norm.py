@@ -277,6 +277,32 @@ def test_cumulative_mode_is_mean_of_batch_stats():
     assert int(stats["count"]) == 3
 
 
+@pytest.mark.parametrize("momentum", [0.9, 0.99, 1.0])
+def test_debiased_mode_is_zero_debiased_ema(momentum):
+    # Closed form: H_t = m H_{t-1} + (1-m) b_t from H_0 = 0, reported as H_t / (1 - m**t); m = 1 is the
+    # limit, the plain mean of the batch statistics.
+    r = np.random.RandomState(22)
+    batches = [(0.1 * r.randn(8, 3) + 0.05 * k).astype(np.float32) for k in range(5)]
+    params, stats = bnjax.batch_norm_init(3, average="debiased")
+    for xb in batches:
+        _, stats = bn(params, stats, jnp.asarray(xb), True, average="debiased", momentum=momentum)
+    for key, f in (("mean", lambda b: b.mean(0)), ("var", lambda b: b.var(0))):
+        vals = [f(b.astype(np.float64)) for b in batches]
+        if momentum == 1.0:
+            want = np.mean(vals, 0)
+        else:
+            h = np.zeros(3)
+            for v in vals:
+                h = momentum * h + (1 - momentum) * v
+            want = h / (1 - momentum ** len(vals))
+        np.testing.assert_allclose(stats[key], want, rtol=2e-5, atol=1e-7)
+    assert int(stats["count"]) == 5
+    # Unlike the plain EMA from var = 1, the first debiased update is the batch itself.
+    _, first = bn(params, bnjax.batch_norm_init(3, average="debiased")[1], jnp.asarray(batches[0]), True,
+                  average="debiased")
+    np.testing.assert_allclose(first["var"], batches[0].astype(np.float64).var(0), rtol=1e-5)
+
+
 def test_eval_mode_keeps_stats_and_uses_them():
     params, stats, r = _random_layer(4, seed=21, dtype=np.float32)
     st = _jnp(stats)

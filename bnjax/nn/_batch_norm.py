@@ -18,7 +18,8 @@ from bnjax.nn._stats import (
     update_running_stats,
 )
 
-AVERAGES = ("ema", "cumulative")
+AVERAGES = ("ema", "cumulative", "debiased")
+_COUNTED = ("cumulative", "debiased")  # averages that keep a batch count in the stats
 GRADS = ("analytic", "autodiff")
 
 
@@ -29,8 +30,9 @@ def batch_norm_init(
 
     Args:
       num_features: size of the feature axis.
-      average: ``"ema"`` (exponential moving average) or ``"cumulative"`` (simple average of every batch's
-        statistics, torch's ``momentum=None``); the latter adds an int32 ``"count"`` to the stats.
+      average: ``"ema"`` (exponential moving average), ``"cumulative"`` (simple average of every batch's
+        statistics, torch's ``momentum=None``) or ``"debiased"`` (zero-debiased EMA); the last two add an
+        int32 ``"count"`` to the stats.
       dtype: dtype of the parameters and statistics (float32 default, also for bfloat16 models).
 
     Returns:
@@ -42,7 +44,7 @@ def batch_norm_init(
     _checks.check_choice("batch_norm_init", "average", average, AVERAGES)
     params = {"scale": jnp.ones((num_features,), dtype), "bias": jnp.zeros((num_features,), dtype)}
     stats = {"mean": jnp.zeros((num_features,), dtype), "var": jnp.ones((num_features,), dtype)}
-    if average == "cumulative":
+    if average in _COUNTED:
         stats["count"] = jnp.zeros((), jnp.int32)
     return params, stats
 
@@ -79,7 +81,9 @@ def batch_norm(
 
     ``momentum=0.9`` is the CS231n convention (Flax and Keras default to 0.99; torch's ``momentum`` is the
     weight of the *new* value, so torch 0.1 == bnjax 0.9). ``average="cumulative"`` replaces the EMA by the
-    simple average of all batch statistics seen (a ``"count"`` in the stats; see :func:`batch_norm_init`).
+    simple average of all batch statistics seen, and ``average="debiased"`` by the zero-debiased EMA
+    ``H_t / (1 - momentum**t)`` (Adam/Haiku style: the initial values get zero weight, so early running
+    statistics do not lag towards mean 0 / var 1); both keep a ``"count"`` (see :func:`batch_norm_init`).
     ``unbiased_var=True`` stores the ``n/(n-1)`` estimate (Ioffe & Szegedy Alg. 2, torch); the batch itself is
     always normalised with the biased variance.
 
@@ -96,7 +100,8 @@ def batch_norm(
 
     Args:
       params: ``{"scale", "bias"}`` of shape ``(C,)``.
-      batch_stats: ``{"mean", "var"}`` (plus ``"count"`` when ``average="cumulative"``) of shape ``(C,)``.
+      batch_stats: ``{"mean", "var"}`` of shape ``(C,)`` (plus a scalar ``"count"`` for ``"cumulative"`` and
+        ``"debiased"``).
       x: floating input with ``x.shape[axis] == C`` and at least one other axis, e.g. ``(N, C)`` or
         ``(N, H, W, C)``.
       train: Python bool, batch statistics (True) or running statistics (False).
@@ -104,7 +109,7 @@ def batch_norm(
       axis: the feature axis (default ``-1``).
       momentum: EMA coefficient in [0, 1]; may be a traced array (e.g. swept by ``vmap``).
       eps: added to the variance inside the square root (default ``1e-5``).
-      average: ``"ema"`` or ``"cumulative"``.
+      average: ``"ema"``, ``"cumulative"`` or ``"debiased"``.
       unbiased_var: store ``n/(n-1) * var`` in the running variance.
       axis_name: optional named axis to synchronise statistics across.
       mask: optional array broadcastable to ``x``; zero entries are left out of the statistics.
@@ -159,7 +164,7 @@ def check_batch_norm_args(
         f"x has {num} features on axis {axis}; create params with batch_norm_init({num}).",
     )
     expected = {"mean": (num,), "var": (num,)}
-    if average == "cumulative":
+    if average in _COUNTED:
         expected["count"] = ()
     _checks.check_tree(
         fn, "batch_stats", batch_stats, expected,

@@ -62,7 +62,8 @@ class MLPSpec:
       weight_scale: std of the ``"normal"`` init.
       bn_momentum: running-average coefficient, ``new = momentum * old + (1 - momentum) * batch``.
       bn_eps: batch-norm epsilon (inside the square root).
-      bn_average: ``"ema"`` or ``"cumulative"`` (simple average of every batch's statistics).
+      bn_average: ``"ema"``, ``"cumulative"`` (simple average of every batch's statistics) or
+        ``"debiased"`` (zero-debiased EMA); see :func:`bnjax.batch_norm`.
       bn_unbiased: store the unbiased ``n / (n - 1)`` batch variance in the running variance.
       ln_eps: layer-norm epsilon.
     """

@@ -217,6 +217,11 @@ def update_running_stats(
     * ``average="cumulative"``: the simple average of every batch statistic seen so far,
       ``new = old + (batch - old) / (count + 1)``, ``count += 1`` (torch ``momentum=None``). The initial
       values get zero weight, so after k batches the result is the plain mean of the k batch statistics.
+    * ``average="debiased"``: the zero-debiased EMA ``H_t / (1 - momentum**t)`` with
+      ``H_t = momentum * H_{t-1} + (1 - momentum) * batch_t``, ``H_0 = 0`` (Haiku's ``zero_debias``), kept
+      directly in debiased form: ``new = old + (batch - old) * (1 - momentum) / (1 - momentum**t)`` with
+      ``t = count + 1``. The first batch replaces the initial values; later it tends to the plain EMA;
+      ``momentum = 1`` gives the cumulative average (the limit of the weight).
 
     Returns a new dict; the stored dtypes are kept.
     """
@@ -228,7 +233,14 @@ def update_running_stats(
             "var": (m * old_var + (1.0 - m) * var).astype(old_var.dtype),
         }
     count = batch_stats["count"]
-    w = 1.0 / (count.astype(compute_dtype(old_mean.dtype)) + 1.0)
+    cdt = compute_dtype(old_mean.dtype)
+    t = count.astype(cdt) + 1.0
+    if average == "cumulative":
+        w = 1.0 / t
+    else:  # debiased
+        m = jnp.asarray(momentum, cdt)
+        safe = jnp.where(m < 1.0, m, 0.0)
+        w = jnp.where(m < 1.0, (1.0 - safe) / (1.0 - safe**t), 1.0 / t)
     return {
         "mean": (old_mean + (mean - old_mean) * w).astype(old_mean.dtype),
         "var": (old_var + (var - old_var) * w).astype(old_var.dtype),
