@@ -11,6 +11,7 @@ from bnjax._typing import PRNGKey as PRNGKey
 from bnjax._typing import State as State
 from bnjax.nn import *  # noqa: F401,F403  (the names listed in bnjax.nn, re-exported)
 from bnjax.nn import __all__ as _nn_all
+from bnjax import train as train  # the training engine (imports bnjax.nn only, so no cycle)
 
 __version__ = "0.1.0"
 __all__ = ["Layer", "Params", "PRNGKey", "State", "__version__", *_nn_all]

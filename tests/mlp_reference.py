@@ -39,7 +39,7 @@ def mlp_forward(
     kept units are divided by ``keep``). Returns ``(logits, new_stats, batch_moments)`` where
     ``batch_moments[i] = (mean, var)`` of BN layer ``i``'s input in train mode.
     """
-    f = lambda a: np.asarray(a, np.float64)  # noqa: E731
+    f = lambda a: np.asarray(a, np.float64)
     h = f(x)
     new_stats, moments = {}, {}
     for i in range(len(hidden)):

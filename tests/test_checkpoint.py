@@ -102,3 +102,18 @@ def test_save_load_roundtrip(tmp_path):
     assert load_checkpoint(tmp_path / "missing", fp) is None
     with pytest.raises(ValueError, match=r"cfg.b: \[1, 2\] \(checkpoint\) vs \[1, 3\] \(now\)"):
         load_checkpoint(tmp_path, {"spec": {"a": 1}, "cfg": {"b": [1, 3]}})
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum", "adam", "adamw"])
+def test_train_state_roundtrip_every_optimizer(tmp_path, optimizer):
+    from bnjax.train import init_ensemble, resolve_members
+    from bnjax.train._checkpoint import restore_tree, to_state_dict
+
+    cfg = TOY_CFG.replace(optimizer=optimizer, weight_decay=0.1 if optimizer == "adamw" else 0.0)
+    states = jax.device_get(init_ensemble(TOY_SPEC, cfg, resolve_members(TOY_SPEC, cfg, MEMBERS)))
+    save_checkpoint(tmp_path, {}, {"state": to_state_dict(states)})
+    back = restore_tree(states, load_checkpoint(tmp_path, {})["state"])
+    assert jax.tree.structure(back) == jax.tree.structure(states)
+    for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(states)):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)

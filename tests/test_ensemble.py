@@ -5,14 +5,14 @@ import numpy as np
 import pytest
 from train_helpers import TOY_CFG, TOY_SPEC, toy_data
 
-from bnjax.train import TrainConfig, train_ensemble
+from bnjax.train import TrainConfig, resolve_members, train_ensemble
 
 MEMBERS = {
     "seed": [0, 1, 2],
     "learning_rate": [1e-2, 3e-3, 2e-2],
     "weight_scale": [0.3, 0.1, 0.5],
     "bn_momentum": [0.9, 0.5, 0.99],
-    "dropout": [0.0, 0.2, 0.1],
+    "dropout": [0.05, 0.2, 0.1],
 }
 
 
@@ -42,13 +42,14 @@ def test_vmap_equals_loop_of_single_members(shared):
     assert not np.allclose(ens.loss_history[0], ens.loss_history[1])
 
 
-def test_diverging_member_is_frozen_and_isolated():
+@pytest.mark.parametrize("shared", [False, True])
+def test_diverging_member_is_frozen_and_isolated(shared):
     data = toy_data()
     spec = TOY_SPEC.replace(norm="none")
     cfg = TrainConfig(optimizer="sgd", learning_rate=0.05, batch_size=16, epochs=2, eval_train_samples=40,
                       eval_batch_size=16)
     members = {"seed": [0, 1, 2], "learning_rate": [0.05, 1e30, 0.1]}
-    ens = train_ensemble(spec, cfg, data, members)
+    ens = train_ensemble(spec, cfg, data, members, shared_batches=shared)
     assert ens.diverged_step[0] == -1 and ens.diverged_step[2] == -1
     d = int(ens.diverged_step[1])
     assert 0 <= d < 8
@@ -59,7 +60,7 @@ def test_diverging_member_is_frozen_and_isolated():
     assert ens.member(1)["diverged_step"] == d
     # The other members equal a run without the diverging one.
     healthy = {"seed": [0, 2], "learning_rate": [0.05, 0.1]}
-    ref = train_ensemble(spec, cfg, data, healthy)
+    ref = train_ensemble(spec, cfg, data, healthy, shared_batches=shared)
     for k_ens, k_ref in ((0, 0), (2, 1)):
         for name in ens.history:
             np.testing.assert_allclose(ens.history[name][k_ens], ref.history[name][k_ref], rtol=1e-6, atol=1e-6)
@@ -81,8 +82,6 @@ def test_member_validation(members, match):
 
 
 def test_missing_member_keys_take_defaults():
-    from bnjax.train import resolve_members
-
     resolved = resolve_members(TOY_SPEC, TOY_CFG.replace(seed=7), {"learning_rate": [0.1, 0.2]})
     assert resolved == [
         {"seed": 7, "weight_scale": 0.3, "dropout": 0.0, "learning_rate": lr, "bn_momentum": 0.9} for lr in (0.1, 0.2)

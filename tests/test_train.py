@@ -8,13 +8,17 @@ import pytest
 from mlp_reference import mlp_forward, softmax_cross_entropy
 from train_helpers import TOY_CFG, TOY_SPEC, toy_data
 
+from bnjax import mlp_apply
 from bnjax.train import (
     TrainConfig,
+    init_ensemble,
     init_train_state,
     l2_penalty,
     lr_factor,
     make_optimizer,
+    make_shared_batch_ensemble_step,
     make_train_step,
+    resolve_members,
     train_ensemble,
 )
 
@@ -40,7 +44,7 @@ def test_step_lowers_loss_and_updates_stats():
 
 
 def test_jit_equals_no_jit():
-    spec, cfg = TOY_SPEC.replace(hidden=(4,)), TOY_CFG.replace(l2=1e-2)
+    spec, cfg = TOY_SPEC.replace(hidden=(4,), norm="none"), TOY_CFG.replace(optimizer="momentum", l2=1e-2)
     step = make_train_step(spec, cfg, steps_per_epoch=4)
     state = init_train_state(spec, cfg, seed=3)
     batch = _batch(8)
@@ -71,7 +75,7 @@ def test_update_equals_optax(key, name, reference):
     p_ours, s_ours = params, opt.init(params)
     p_ref, s_ref = params, ref.init(params)
     for i in range(3):
-        g = jax.tree.map(lambda a: jnp.sin(a * (i + 1)), p_ours)
+        g = jax.tree.map(lambda a, i=i: jnp.sin(a * (i + 1)), p_ours)
         d, s_ours = opt.update(g, s_ours, p_ours)
         p_ours = jax.tree.map(lambda p, u: p - 0.05 * u, p_ours, d)
         u, s_ref = ref.update(g, s_ref, p_ref)
@@ -156,3 +160,48 @@ def test_data_errors():
         train_ensemble(TOY_SPEC, TOY_CFG.replace(batch_size=100), data)
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
         train_ensemble(TOY_SPEC, TOY_CFG, data, resume=True)
+
+
+def test_shared_batch_step_equals_vmapped_step():
+    """The one-matmul first layer gives the vmapped per-member step's results (also with dropout and with
+    no hidden layer, where dense_0 is the output layer with a bias)."""
+    batch = _batch()
+    for spec, drop in ((TOY_SPEC.replace(dropout=0.3, hidden=(8,)), True), (TOY_SPEC.replace(hidden=(), norm="none"), False)):
+        members = resolve_members(spec, TOY_CFG, {"seed": [0, 1, 2], "learning_rate": [1e-2, 1e-3, 3e-2]})
+        states = init_ensemble(spec, TOY_CFG, members)
+        fast = jax.jit(make_shared_batch_ensemble_step(spec, TOY_CFG, 4, use_dropout=drop))
+        ref = jax.jit(jax.vmap(make_train_step(spec, TOY_CFG, 4, use_dropout=drop), in_axes=(0, None)))
+        a, b = states, states
+        for _ in range(3):
+            a, ma = fast(a, batch)
+            b, mb = ref(b, batch)
+            np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-5, atol=1e-6)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_parameter_hidden_by_relu_is_detected():
+    """A -inf weight whose unit ReLU maps to 0 leaves the loss finite; the pre-activation sentinel catches it."""
+    spec = TOY_SPEC.replace(norm="none", hidden=(4,))
+    step = jax.jit(make_train_step(spec, TOY_CFG, steps_per_epoch=4))
+    state = init_train_state(spec, TOY_CFG, seed=0)
+    x, y = _batch()
+    x = jnp.abs(x) + 0.1  # positive inputs: unit 0 gets -inf pre-activation for every example
+    w = state.params["dense_0"]["weight"].at[0, :].set(-jnp.inf)
+    bad = state._replace(params={**state.params, "dense_0": {**state.params["dense_0"], "weight": w}})
+    logits, _ = jax.jit(lambda p: mlp_apply(p, {}, x, True, spec=spec))(bad.params)
+    assert np.all(np.isfinite(logits))  # the ReLU hides it from the loss ...
+    new, m = step(bad, (x, y))
+    assert int(new.diverged_step) == 0 and np.isnan(float(m["loss"]))  # ... not from the sentinel
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(bad.params)):
+        np.testing.assert_array_equal(a, b)  # frozen
+    healthy, m2 = step(state, (x, y))
+    assert int(healthy.diverged_step) == -1 and np.isfinite(float(m2["loss"]))
+
+
+def test_empty_validation_split_gives_nan_metrics():
+    data = toy_data()
+    data.x_val, data.y_val = data.x_val[:0], data.y_val[:0]
+    r = train_ensemble(TOY_SPEC, TOY_CFG, data)
+    assert np.all(np.isnan(r.history["val_acc"])) and np.all(np.isfinite(r.history["test_acc"]))
+    assert r.to_json()["history"]["val_loss"] == [[None, None, None]]

@@ -12,9 +12,11 @@ may sweep (``weight_scale``, ``dropout``, ``bn_momentum``) can be overridden per
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -158,7 +160,7 @@ def mlp_init(key: PRNGKey, spec: MLPSpec, *, weight_scale: Any = None) -> tuple[
     sizes = (spec.in_features, *spec.hidden, spec.num_classes)
     params: Params = {}
     stats: State = {}
-    for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         hidden = i < len(spec.hidden)
         params[f"dense_{i}"], _ = dense_init(
             jax.random.fold_in(key, i), fan_in, fan_out,
@@ -213,6 +215,7 @@ def mlp_forward(
     key: PRNGKey | None = None,
     dropout: Any = None,
     bn_momentum: Any = None,
+    first_matmul: Array | None = None,
 ) -> tuple[Array, State, Array]:
     """:func:`mlp_apply` plus a non-finiteness sentinel: ``(logits, new_batch_stats, sentinel)``.
 
@@ -221,20 +224,25 @@ def mlp_forward(
     some pre-activation non-finite (even where a later ReLU or tanh would hide it), so a training step can
     detect non-finite parameters from this scalar without a pass over the parameters. Unused, it is
     removed by ``jit``.
+
+    ``first_matmul``, if given, is ``x @ params["dense_0"]["weight"].T`` computed by the caller (``x`` is
+    then not read): an ensemble whose members share ``x`` computes it for all members as one matmul.
     """
-    if x.ndim != 2 or x.shape[1] != spec.in_features:
-        raise ValueError(
-            f"mlp_apply: x has shape {tuple(x.shape)}, expected (N, {spec.in_features}); flatten the input "
-            f"first, e.g. x.reshape(len(x), -1)."
-        )
+    if first_matmul is None:
+        if x.ndim != 2 or x.shape[1] != spec.in_features:
+            raise ValueError(
+                f"mlp_apply: x has shape {tuple(x.shape)}, expected (N, {spec.in_features}); flatten the input "
+                f"first, e.g. x.reshape(len(x), -1)."
+            )
+        h, _ = dense(params["dense_0"], {}, x, train)
+    else:
+        h = first_matmul + params["dense_0"]["bias"] if "bias" in params["dense_0"] else first_matmul
     rate = spec.dropout if dropout is None else dropout
     momentum = spec.bn_momentum if bn_momentum is None else bn_momentum
     act = ACTIVATIONS[spec.activation]
     new_stats: State = {}
     sentinel = jnp.zeros((), jnp.float32)
-    h = x
-    for i in range(len(spec.hidden)):
-        h, _ = dense(params[f"dense_{i}"], {}, h, train)
+    for i in range(len(spec.hidden)):  # h is the output of dense_i
         if spec.norm == "batch":
             h, new_stats[f"bn_{i}"] = batch_norm(
                 params[f"bn_{i}"], batch_stats[f"bn_{i}"], h, train,
@@ -248,9 +256,9 @@ def mlp_forward(
             h, _ = dropout_layer(
                 {}, {}, h, train, key=None if key is None else jax.random.fold_in(key, i), rate=rate
             )
-    logits, _ = dense(params[f"dense_{len(spec.hidden)}"], {}, h, train)
-    sentinel = sentinel + jnp.sum(logits * jnp.zeros((), logits.dtype), dtype=jnp.float32)
-    return logits, (new_stats if train else batch_stats), sentinel
+        h, _ = dense(params[f"dense_{i + 1}"], {}, h, train)
+    sentinel = sentinel + jnp.sum(h * jnp.zeros((), h.dtype), dtype=jnp.float32)
+    return h, (new_stats if train else batch_stats), sentinel
 
 
 def mlp(spec: MLPSpec) -> Layer:

@@ -18,25 +18,27 @@ from bnjax.train._step import TrainState as TrainState
 from bnjax.train._step import evaluate as evaluate
 from bnjax.train._step import init_train_state as init_train_state
 from bnjax.train._step import l2_penalty as l2_penalty
+from bnjax.train._step import make_shared_batch_ensemble_step as make_shared_batch_ensemble_step
 from bnjax.train._step import make_train_step as make_train_step
 
 __all__ = [
-    "load_checkpoint",
-    "make_fingerprint",
-    "save_checkpoint",
-    "TrainConfig",
-    "lr_factor",
-    "make_optimizer",
     "EnsembleResult",
-    "init_ensemble",
-    "make_epoch_fn",
-    "make_eval_fn",
-    "resolve_members",
-    "train_ensemble",
-    "recompute_batch_stats",
+    "TrainConfig",
     "TrainState",
     "evaluate",
+    "init_ensemble",
     "init_train_state",
     "l2_penalty",
+    "load_checkpoint",
+    "lr_factor",
+    "make_epoch_fn",
+    "make_eval_fn",
+    "make_fingerprint",
+    "make_optimizer",
+    "make_shared_batch_ensemble_step",
     "make_train_step",
+    "recompute_batch_stats",
+    "resolve_members",
+    "save_checkpoint",
+    "train_ensemble",
 ]

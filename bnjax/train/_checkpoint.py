@@ -92,6 +92,12 @@ def save_checkpoint(directory: str | os.PathLike[str], fingerprint: dict[str, An
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # Persist the rename itself (the directory entry), so a power loss cannot bring the old file back.
+    dir_fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return target
 
 

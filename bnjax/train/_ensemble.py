@@ -2,7 +2,8 @@
 
 Each member has its own seed (init, dropout and -- unless batches are shared -- shuffling), weight scale,
 drop rate, learning rate and BN momentum. A member whose loss or parameters become non-finite is frozen and
-reported; the others continue undisturbed. ``K = 1`` runs the same program without ``vmap``.
+reported; the others continue undisturbed. ``K = 1`` runs the same program without ``vmap``; with shared
+batches the first layer of all members is one matmul (:func:`bnjax.train.make_shared_batch_ensemble_step`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import dataclasses
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +29,7 @@ from bnjax.train._step import (
     epoch_batches,
     evaluate,
     init_train_state,
+    make_shared_batch_ensemble_step,
     make_train_step,
     shared_shuffle_key,
 )
@@ -190,17 +193,22 @@ def make_epoch_fn(
 
     ``x (N, D)``, ``y (N,)`` are the whole training set (on device); each step gathers the members'
     mini-batches from it. With ``shared_batches`` every member sees the same order, drawn from
-    ``shuffle_key`` (raw key data); otherwise each member shuffles with its own key. ``losses`` is ``(K,
-    steps)``. The body of the step loop is ``jax.vmap`` of :func:`make_train_step` (no vmap for ``K = 1``).
-    Jit it with ``donate_argnums=0``.
+    ``shuffle_key`` (raw key data), and the step is :func:`make_shared_batch_ensemble_step` (the first layer
+    of all members as one matmul); otherwise each member shuffles with its own key and the step is
+    ``jax.vmap`` of :func:`make_train_step`. ``K = 1`` runs :func:`make_train_step` without vmap. ``losses``
+    is ``(K, steps)``. Jit it with ``donate_argnums=0``.
     """
     steps = num_train // cfg.batch_size
     bs = cfg.batch_size
     single = num_members == 1
-    step = make_train_step(spec, cfg, steps, use_dropout=use_dropout)
     # One member runs without vmap (a vmap of one is measurably slower); the leading axis is removed outside
     # the loop so the loop carry holds plain arrays.
-    batched_step = step if single else jax.vmap(step, in_axes=(0, None if shared_batches else 0))
+    if single:
+        batched_step = make_train_step(spec, cfg, steps, use_dropout=use_dropout)
+    elif shared_batches:
+        batched_step = make_shared_batch_ensemble_step(spec, cfg, steps, use_dropout=use_dropout)
+    else:
+        batched_step = jax.vmap(make_train_step(spec, cfg, steps, use_dropout=use_dropout))
 
     def epoch(states: TrainState, x: jax.Array, y: jax.Array, shuffle_key: jax.Array):
         st = _squeeze(states) if single else states
@@ -262,7 +270,8 @@ def _program_cfg(cfg: TrainConfig, *, eval_fields: bool = False) -> TrainConfig:
     if eval_fields:  # the evaluation program reads only these
         return TrainConfig(batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
                            precise_bn_batches=cfg.precise_bn_batches)
-    return cfg.replace(eval_train_samples=1, eval_batch_size=1, precise_bn_batches=0, **common)
+    epochs = cfg.epochs if cfg.schedule == "cosine" else 1  # only the cosine schedule reads the run length
+    return cfg.replace(eval_train_samples=1, eval_batch_size=1, precise_bn_batches=0, epochs=epochs, **common)
 
 
 @functools.lru_cache(maxsize=16)
@@ -290,8 +299,8 @@ def _compiled_epoch(
 def _as_split(data: Any, split: str, in_features: int) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(getattr(data, f"x_{split}"), np.float32)
     y = np.asarray(getattr(data, f"y_{split}"))
-    x = x.reshape(len(x), -1)
-    if len(x) and x.shape[1] != in_features:
+    x = x.reshape(len(x), -1) if len(x) else x.reshape(0, in_features)  # an empty split stays (0, D)
+    if x.shape[1] != in_features:
         raise ValueError(
             f"train_ensemble: data.x_{split} has {x.shape[1]} features per example (shape "
             f"{np.shape(getattr(data, f'x_{split}'))}) but spec.in_features={in_features}; set "
@@ -359,7 +368,10 @@ def train_ensemble(
         ``None``: one member with ``cfg.seed``. Member ``k``'s init and randomness depend only on its own
         values, so it trains exactly as it would alone (up to float reassociation under vmap).
       shared_batches: every member sees the same mini-batch order (drawn from ``cfg.seed``) instead of its
-        own (drawn from its seed). Dropout masks stay per member.
+        own (drawn from its seed); dropout masks stay per member. Faster: the first layer of all members is
+        then one matmul (on the 2-core CPU about 0.65-0.7x the time of K single-model steps, against
+        0.85-1.1x with an order per member). Natural for hyperparameter sweeps (paired comparisons); keep the
+        default when members are replicates whose data order should vary too.
       callback: ``callback(epoch, metrics)`` after each epoch (1-based), ``metrics`` maps every history
         metric plus ``"loss"`` (mean train-mode loss of the epoch) to a ``(K,)`` NumPy array.
       checkpoint_dir: if set, the full state is saved there at every epoch boundary (atomically).
@@ -440,9 +452,7 @@ def train_ensemble(
                 "epoch_times": np.asarray(epoch_times, np.float64),
             })
         if callback is not None:
-            with np.errstate(invalid="ignore"):
-                epoch_loss = np.array([np.mean(row) if np.all(np.isfinite(row)) else np.nan for row in losses])
-            callback(epoch, values | {"loss": epoch_loss})
+            callback(epoch, values | {"loss": losses.mean(axis=1)})
 
     final = jax.device_get(states)
     return EnsembleResult(

@@ -8,7 +8,8 @@ exactly the numbers an uninterrupted run draws.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -19,7 +20,7 @@ from bnjax.nn._mlp import MLPSpec, mlp_apply, mlp_forward, mlp_init
 from bnjax.train._config import TrainConfig, lr_factor, make_optimizer
 
 # fold_in tags that separate the random streams derived from one seed.
-_INIT, _TRAIN, _SHUFFLE, _DROPOUT, _EVAL = 0, 1, 2, 3, 4
+_INIT, _TRAIN, _SHUFFLE, _DROPOUT = 0, 1, 2, 3
 
 
 class TrainState(NamedTuple):
@@ -51,8 +52,9 @@ def member_keys(seed: int) -> tuple[Array, Array]:
 
 
 def shared_shuffle_key(seed: int) -> Array:
-    """Raw key data of the shuffle stream that all members share when ``shared_batches=True``."""
-    return jax.random.key_data(jax.random.fold_in(jax.random.key(seed), _SHUFFLE))
+    """Raw key data of the shuffle stream that all members share when ``shared_batches=True``: the one a
+    member with this ``seed`` shuffles with on its own, so a run of one member is the same either way."""
+    return jax.random.key_data(member_keys(seed)[1])
 
 
 def init_train_state(
@@ -120,12 +122,65 @@ def make_train_step(
     Returns:
       The step function; wrap it in ``jax.jit`` (and ``jax.vmap`` for ensembles).
     """
+    loss_fn, update = _step_parts(spec, cfg, steps_per_epoch, use_dropout)
+
+    def step(state: TrainState, batch: tuple[Array, Array]) -> tuple[TrainState, dict[str, Array]]:
+        x, y = batch
+        (loss, (new_stats, sentinel)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.batch_stats, x, y, _dropout_key(state), state.hyper
+        )
+        return update(state, loss, sentinel, new_stats, grads)
+
+    return step
+
+
+def make_shared_batch_ensemble_step(
+    spec: MLPSpec, cfg: TrainConfig, steps_per_epoch: int, *, use_dropout: bool | None = None
+) -> Callable[[TrainState, tuple[Array, Array]], tuple[TrainState, dict[str, Array]]]:
+    """The step of ``K`` stacked members that all train on the same mini-batch ``(x, y)``.
+
+    Equal (up to float reassociation) to ``jax.vmap(make_train_step(...), in_axes=(0, None))``, but the first
+    layer of all members is one matmul, ``W_all (K*h, D) @ x.T (D, B)``, and so is its weight gradient,
+    ``dZ_all (K*h, B) @ x (B, D)``; vmap would compute ``x @ W_k.T`` for every member with the stacked weights
+    transposed on every step. The gradient is that of the sum of the members' losses, which is each member's
+    own gradient since no member's loss depends on another's parameters.
+    """
+    loss_fn, update = _step_parts(spec, cfg, steps_per_epoch, use_dropout)
+
+    def joint_loss(params, batch_stats, x, y, keys, hyper):
+        w = params["dense_0"]["weight"]  # (K, h, D)
+        k, h, d = w.shape
+        first = jnp.swapaxes((w.reshape(k * h, d) @ x.T).reshape(k, h, -1), 1, 2)  # (K, B, h)
+
+        def member(p, s, f, key, hp):
+            return loss_fn(p, s, None, y, key, hp, first_matmul=f)
+
+        losses, aux = jax.vmap(member)(params, batch_stats, first, keys, hyper)
+        return jnp.sum(losses), (losses, aux)
+
+    def step(states: TrainState, batch: tuple[Array, Array]) -> tuple[TrainState, dict[str, Array]]:
+        x, y = batch
+        keys = jax.vmap(_dropout_key)(states)
+        (_, (losses, (new_stats, sentinels))), grads = jax.value_and_grad(joint_loss, has_aux=True)(
+            states.params, states.batch_stats, x, y, keys, states.hyper
+        )
+        return jax.vmap(update)(states, losses, sentinels, new_stats, grads)
+
+    return step
+
+
+def _dropout_key(state: TrainState) -> Array:
+    return jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.key), _DROPOUT), state.step)
+
+
+def _step_parts(spec: MLPSpec, cfg: TrainConfig, steps_per_epoch: int, use_dropout: bool | None):
+    """``(loss_fn, update)``: a member's loss and the optimizer/divergence update, shared by the steps."""
     opt = make_optimizer(cfg)
     use_dropout = spec.dropout > 0 if use_dropout is None else use_dropout
 
-    def loss_fn(params, batch_stats, x, y, key, hyper):
+    def loss_fn(params, batch_stats, x, y, key, hyper, first_matmul=None):
         logits, new_stats, sentinel = mlp_forward(
-            params, batch_stats, x, True, spec=spec, key=key,
+            params, batch_stats, x, True, spec=spec, key=key, first_matmul=first_matmul,
             dropout=hyper["dropout"] if use_dropout else 0.0, bn_momentum=hyper["bn_momentum"],
         )
         loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
@@ -133,22 +188,16 @@ def make_train_step(
             loss = loss + cfg.l2 * l2_penalty(params)
         return loss, (new_stats, sentinel)
 
-    def step(state: TrainState, batch: tuple[Array, Array]) -> tuple[TrainState, dict[str, Array]]:
-        x, y = batch
+    def update(state, loss, sentinel, new_stats, grads):
         t = state.step
-        key = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.key), _DROPOUT), t)
-        (loss, (new_stats, sentinel)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, x, y, key, state.hyper
-        )
         direction, new_opt = opt.update(grads, state.opt_state, state.params)
         lr = -state.hyper["learning_rate"] * lr_factor(cfg, t, steps_per_epoch)
         new_params = jax.tree.map(lambda p, u: p + (lr * u).astype(p.dtype), state.params, direction)
-
         # Divergence test without a pass over the parameters: the loss, plus the sentinel that is NaN when any
         # pre-activation is non-finite, i.e. when an earlier update left a non-finite parameter.
         was_ok = state.diverged_step < 0
         ok = was_ok & jnp.isfinite(loss + sentinel)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
         new_state = TrainState(
             params=keep(new_params, state.params),
             batch_stats=keep(new_stats, state.batch_stats),
@@ -160,7 +209,7 @@ def make_train_step(
         )
         return new_state, {"loss": jnp.where(was_ok & jnp.isfinite(sentinel), loss, jnp.nan)}
 
-    return step
+    return loss_fn, update
 
 
 def epoch_batches(shuffle_key: Array, epoch: Array, num_examples: int, steps: int, batch_size: int) -> Array:
