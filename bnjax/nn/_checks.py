@@ -74,3 +74,24 @@ def check_tree(fn: str, argname: str, tree: Any, expected: dict[str, tuple[int, 
         got = tuple(jnp.shape(tree[k]))
         if got != shape:
             raise ValueError(f"{fn}: {argname}[{k!r}] has shape {got}, expected {shape}. {fix}")
+
+
+def check_feature_input(
+    fn: str, params: Any, x: Any, axis: int | Iterable[int], param_keys: tuple[str, ...], init_name: str
+) -> tuple[jax.Array, tuple[int, ...], tuple[int, ...]]:
+    """Checks for per-sample norms (layer/RMS norm): a floating ``x`` with the feature ``axis``/axes and
+    ``params`` holding ``param_keys`` of the feature shape. Returns ``(x, feature_axes, feature_shape)``."""
+    x = check_float_input(fn, x)
+    n_feat = 1 if isinstance(axis, (int, np.integer)) else len(tuple(axis))
+    if x.ndim < n_feat:
+        raise ValueError(
+            f"{fn}: x has shape {x.shape} (rank {x.ndim}) but axis={axis!r} names {n_feat} feature axes; "
+            f"pass an input with those axes."
+        )
+    feats = normalize_axes(fn, "axis", axis, x.ndim)
+    fshape = tuple(x.shape[a] for a in feats)
+    check_tree(
+        fn, "params", params, {k: fshape for k in param_keys},
+        f"x has feature shape {fshape} on axes {feats}; create params with {init_name}({fshape}).",
+    )
+    return x, feats, fshape

@@ -63,20 +63,8 @@ def layer_norm(
     """
     del train, key
     fn = "layer_norm"
-    x = _checks.check_float_input(fn, x)
     _checks.check_choice(fn, "grad", grad, GRADS)
-    n_feat = 1 if isinstance(axis, int) else len(tuple(axis))
-    if x.ndim < n_feat:
-        raise ValueError(
-            f"{fn}: x has shape {x.shape} (rank {x.ndim}) but axis={axis!r} names {n_feat} feature axes; "
-            f"pass an input with those axes."
-        )
-    feats = _checks.normalize_axes(fn, "axis", axis, x.ndim)
-    fshape = tuple(x.shape[a] for a in feats)
-    _checks.check_tree(
-        fn, "params", params, {"scale": fshape, "bias": fshape},
-        f"x has feature shape {fshape} on axes {feats}; create params with layer_norm_init({fshape}).",
-    )
+    x, feats, fshape = _checks.check_feature_input(fn, params, x, axis, ("scale", "bias"), "layer_norm_init")
     cdt = compute_dtype(x.dtype)
     bshape = tuple(x.shape[i] if i in feats else 1 for i in range(x.ndim))
     scale = params["scale"].astype(cdt).reshape(bshape)

@@ -183,6 +183,7 @@ def mlp_apply(
     key: PRNGKey | None = None,
     dropout: Any = None,
     bn_momentum: Any = None,
+    axis_name: Any = None,
 ) -> tuple[Array, State]:
     """Logits of the MLP, and the updated batch statistics.
 
@@ -195,12 +196,15 @@ def mlp_apply(
         when the drop rate may be non-zero.
       dropout: drop probability overriding ``spec.dropout``; may be a traced scalar.
       bn_momentum: overrides ``spec.bn_momentum``; may be a traced scalar.
+      axis_name: optional named axis (``shard_map``/``vmap``) over which batch norm computes its batch
+        statistics (synchronized BN, :func:`bnjax.batch_norm`); None (default) uses the local batch only.
 
     Returns:
       ``(logits (N, num_classes), new_batch_stats)``; in eval mode ``new_batch_stats`` is ``batch_stats``.
     """
     logits, new_stats, _ = mlp_forward(
-        params, batch_stats, x, train, spec=spec, key=key, dropout=dropout, bn_momentum=bn_momentum
+        params, batch_stats, x, train, spec=spec, key=key, dropout=dropout, bn_momentum=bn_momentum,
+        axis_name=axis_name,
     )
     return logits, new_stats
 
@@ -216,6 +220,7 @@ def mlp_forward(
     dropout: Any = None,
     bn_momentum: Any = None,
     first_matmul: Array | None = None,
+    axis_name: Any = None,
 ) -> tuple[Array, State, Array]:
     """:func:`mlp_apply` plus a non-finiteness sentinel: ``(logits, new_batch_stats, sentinel)``.
 
@@ -227,6 +232,7 @@ def mlp_forward(
 
     ``first_matmul``, if given, is ``x @ params["dense_0"]["weight"].T`` computed by the caller (``x`` is
     then not read): an ensemble whose members share ``x`` computes it for all members as one matmul.
+    ``axis_name`` is passed to every batch norm (see :func:`mlp_apply`); the sentinel stays local.
     """
     if first_matmul is None:
         if x.ndim != 2 or x.shape[1] != spec.in_features:
@@ -247,6 +253,7 @@ def mlp_forward(
             h, new_stats[f"bn_{i}"] = batch_norm(
                 params[f"bn_{i}"], batch_stats[f"bn_{i}"], h, train,
                 momentum=momentum, eps=spec.bn_eps, average=spec.bn_average, unbiased_var=spec.bn_unbiased,
+                axis_name=axis_name,
             )
         elif spec.norm == "layer":
             h, _ = layer_norm(params[f"ln_{i}"], {}, h, train, eps=spec.ln_eps)
