@@ -13,6 +13,8 @@ from bnjax.train._ensemble import make_epoch_fn as make_epoch_fn
 from bnjax.train._ensemble import make_eval_fn as make_eval_fn
 from bnjax.train._ensemble import resolve_members as resolve_members
 from bnjax.train._ensemble import train_ensemble as train_ensemble
+from bnjax.train._parallel import make_data_parallel_ensemble_step as make_data_parallel_ensemble_step
+from bnjax.train._parallel import make_data_parallel_step as make_data_parallel_step
 from bnjax.train._precise_bn import recompute_batch_stats as recompute_batch_stats
 from bnjax.train._step import TrainState as TrainState
 from bnjax.train._step import evaluate as evaluate
@@ -31,6 +33,8 @@ __all__ = [
     "l2_penalty",
     "load_checkpoint",
     "lr_factor",
+    "make_data_parallel_ensemble_step",
+    "make_data_parallel_step",
     "make_epoch_fn",
     "make_eval_fn",
     "make_fingerprint",

@@ -97,7 +97,13 @@ def l2_penalty(params: Params) -> Array:
 
 
 def make_train_step(
-    spec: MLPSpec, cfg: TrainConfig, steps_per_epoch: int, *, use_dropout: bool | None = None
+    spec: MLPSpec,
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    *,
+    use_dropout: bool | None = None,
+    axis_name: Any = None,
+    sync_bn: bool = True,
 ) -> Callable[[TrainState, tuple[Array, Array]], tuple[TrainState, dict[str, Array]]]:
     """The pure training step ``step(state, (x, y)) -> (state, {"loss"})`` of one member.
 
@@ -118,16 +124,29 @@ def make_train_step(
       steps_per_epoch: steps per epoch (for ``"epoch_decay"``/``"cosine"`` schedules).
       use_dropout: trace dropout in (True) or leave it out (False); default ``spec.dropout > 0``. An ensemble
         whose members sweep the rate passes True.
+      axis_name: data-parallel axis (for use inside ``jax.shard_map``, see
+        :func:`bnjax.train.make_data_parallel_step`): ``(x, y)`` is this device's equal-sized shard of the
+        global batch and the state is replicated. The loss is then ``pmean`` of the local mean losses (the
+        mean over all examples), so the gradient of the replicated parameters is that of the global batch;
+        the divergence test uses the ``psum`` of the sentinels, so it agrees on every device; the dropout key
+        is folded with ``lax.axis_index(axis_name)``. None (default): a single-device step.
+      sync_bn: with ``axis_name``: True -- batch norm uses the global batch statistics (synchronized BN);
+        False -- each device normalises with its own shard's statistics ("ghost" BN) and the replicated
+        running statistics become the mean over devices of the per-device updates (for ``"ema"``:
+        ``momentum * old + (1 - momentum) * mean_d(batch_d)``).
 
     Returns:
       The step function; wrap it in ``jax.jit`` (and ``jax.vmap`` for ensembles).
     """
-    loss_fn, update = _step_parts(spec, cfg, steps_per_epoch, use_dropout)
+    loss_fn, update = _step_parts(spec, cfg, steps_per_epoch, use_dropout, axis_name=axis_name, sync_bn=sync_bn)
 
     def step(state: TrainState, batch: tuple[Array, Array]) -> tuple[TrainState, dict[str, Array]]:
         x, y = batch
+        key = _dropout_key(state)
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         (loss, (new_stats, sentinel)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, x, y, _dropout_key(state), state.hyper
+            state.params, state.batch_stats, x, y, key, state.hyper
         )
         return update(state, loss, sentinel, new_stats, grads)
 
@@ -173,17 +192,40 @@ def _dropout_key(state: TrainState) -> Array:
     return jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(state.key), _DROPOUT), state.step)
 
 
-def _step_parts(spec: MLPSpec, cfg: TrainConfig, steps_per_epoch: int, use_dropout: bool | None):
-    """``(loss_fn, update)``: a member's loss and the optimizer/divergence update, shared by the steps."""
+def _step_parts(
+    spec: MLPSpec,
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    use_dropout: bool | None,
+    *,
+    axis_name: Any = None,
+    sync_bn: bool = True,
+):
+    """``(loss_fn, update)``: a member's loss and the optimizer/divergence update, shared by the steps.
+
+    With ``axis_name`` (data parallel, see :func:`make_train_step`) the returned loss, sentinel and batch
+    statistics are invariant across the axis, so ``update`` keeps a replicated state replicated.
+    """
     opt = make_optimizer(cfg)
     use_dropout = spec.dropout > 0 if use_dropout is None else use_dropout
+    bn_axis = axis_name if sync_bn else None
 
     def loss_fn(params, batch_stats, x, y, key, hyper, first_matmul=None):
         logits, new_stats, sentinel = mlp_forward(
             params, batch_stats, x, True, spec=spec, key=key, first_matmul=first_matmul,
             dropout=hyper["dropout"] if use_dropout else 0.0, bn_momentum=hyper["bn_momentum"],
+            axis_name=bn_axis,
         )
         loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+        if axis_name is not None:
+            # Equal shards: the mean of the local means is the mean over all examples. Differentiating this
+            # device-invariant loss w.r.t. the replicated parameters yields the psum'd global gradient.
+            loss = jax.lax.pmean(loss, axis_name)
+            sentinel = jax.lax.psum(sentinel, axis_name)
+            if not sync_bn:
+                # Ghost BN: the running statistics are linear in the batch statistics, so this is the update
+                # with the per-device batch statistics averaged.
+                new_stats = jax.lax.pmean(new_stats, axis_name)
         if cfg.l2:
             loss = loss + cfg.l2 * l2_penalty(params)
         return loss, (new_stats, sentinel)
