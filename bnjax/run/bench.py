@@ -114,25 +114,44 @@ def bench_epoch(*, rounds: int, steps: int = 100) -> dict[str, Any]:
 
 
 def bench_ensemble(ks=(1, 4, 16, 64), *, rounds: int, steps: int = 20) -> list[dict[str, Any]]:
-    """Vmapped ensembles of the CS231n BN MLP (batch 50): time per member-step, against K=1."""
+    """Vmapped ensembles of the CS231n BN MLP (batch 50), all interleaved in one timing loop.
+
+    Per member-step time of a K-member epoch program (members with their own batch order, and with a shared
+    one), against ``single_step``: one model trained by a Python loop of jitted steps, i.e. what K separate
+    runs would cost per model-step.
+    """
     w = Workload("cs231n_b50", 3072, (100,) * 5, 50)
     spec, cfg = _spec_cfg(w)
     x, y = _batch(w, steps * w.batch)
     key = jax.random.key_data(jax.random.key(0))
-    rows = []
-    base = None
+    fns: dict[str, Callable[[], Any]] = {}
     for shared in (False, True):
         for k in ks:
             members = resolve_members(spec, cfg, {"seed": list(range(k))})
             epoch = jax.jit(make_epoch_fn(spec, cfg, num_members=k, num_train=steps * w.batch,
                                           shared_batches=shared), donate_argnums=0)
-            fn = _stateful(epoch, init_ensemble(spec, cfg, members), x, y, key)
-            t = time_interleaved({"e": fn}, rounds=rounds, calls=1, warmup=1)["e"]["median_s"]
-            per = t / (k * steps)
-            if k == 1 and not shared:
-                base = per
-            rows.append({"K": k, "shared_batches": shared, "member_step_ms": per * 1e3,
-                         "vs_single_model": per / base})
+            fns[f"{k}:{shared}"] = _stateful(epoch, init_ensemble(spec, cfg, members), x, y, key)
+    step = jax.jit(make_train_step(spec, cfg, steps_per_epoch=steps), donate_argnums=0)
+    xb, yb = x.reshape(steps, w.batch, -1), y.reshape(steps, w.batch)
+    batches = [(xb[i], yb[i]) for i in range(steps)]
+    box = [init_train_state(spec, cfg, seed=0)]
+
+    def single():
+        out = None
+        for b in batches:
+            box[0], out = step(box[0], b)
+        return out
+
+    fns["single_step"] = single
+    t = time_interleaved(fns, rounds=rounds, calls=1, warmup=1)
+    single_ms = t.pop("single_step")["median_s"] / steps * 1e3
+    base = t["1:False"]["median_s"] / steps * 1e3
+    rows = []
+    for name, v in t.items():
+        k, shared = name.split(":")
+        per = v["median_s"] / (int(k) * steps) * 1e3
+        rows.append({"K": int(k), "shared_batches": shared == "True", "member_step_ms": per,
+                     "vs_single_step": per / single_ms, "vs_K1_epoch": per / base, "single_step_ms": single_ms})
     return rows
 
 
@@ -183,7 +202,8 @@ def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str
             r["epoch"] = bench_epoch(rounds=rounds, steps=20 if quick else 100)
             log(_table([r["epoch"]], ["workload", "steps", "scan_epoch_ms", "python_loop_ms", "throughput_ratio"]))
             r["ensemble"] = bench_ensemble((1, 4) if quick else (1, 4, 16, 64), rounds=rounds, steps=5 if quick else 20)
-            log(_table(r["ensemble"], ["K", "shared_batches", "member_step_ms", "vs_single_model"]))
+            log(_table(r["ensemble"], ["K", "shared_batches", "member_step_ms", "single_step_ms", "vs_single_step",
+                                       "vs_K1_epoch"]))
             r["bn_layer"] = bench_bn_layer(((256, 1024),) if quick else ((256, 1024), (4096, 1024)),
                                            rounds=rounds, calls=calls)
             log(_table(r["bn_layer"], ["shape", "analytic_us", "autodiff_us", "analytic_vs_autodiff"]))
