@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnjax.run.report import Claim, Figure, fmt
+from bnjax.run.report import Claim, fmt, save_figure
 
 
 def _family(results, prefix):
@@ -82,12 +82,7 @@ def plots(results, out_dir):
                     label="no norm, bs 5")
         ax.set_xscale("log")
         ax.set_xticks([5, 10, 50], labels=["5", "10", "50"])
-        ax.set_xlabel("batch size")
         ax.set_title(f"final {metric.replace('_', ' ')}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(out_dir / "batch_size.png", dpi=110)
-    plt.close(fig)
-    return [Figure("batch_size.png", "Final training (eval mode) and validation accuracy after 10 epochs against the "
-                                     "batch size; band and error bar: min-max over seeds.")]
+    return [save_figure(fig, axes, out_dir, "batch_size.png",
+                        "Final training (eval mode) and validation accuracy after 10 epochs against the batch size; "
+                        "band and error bar: min-max over seeds.", xlabel="batch size", legend_fontsize=8)]

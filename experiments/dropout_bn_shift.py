@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnjax.run.report import Claim, Figure, fmt
+from bnjax.run.report import Claim, fmt, save_figure
 
 
 def post_train(trained):
@@ -130,14 +130,8 @@ def plots(results, out_dir):
     axes[0].plot([0.25, 1], [0.25, 1], "k:", lw=1, label="ratio = keep (Li et al., zero-mean input)")
     axes[0].set_title("eval-mode / running variance of BN inputs")
     axes[1].set_title("final val accuracy")
-    for ax in axes:
-        ax.set_xlabel("keep probability")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "variance_shift.png", dpi=110)
-    plt.close(fig)
-    return [Figure("variance_shift.png",
-                   "Left: variance of BN inputs in eval mode (recomputed, dropout off) over BN's running variance, "
-                   "mean over the BN layers behind a dropout and seeds. Right: final validation accuracy with the "
-                   "running statistics (solid) and with statistics recomputed with dropout off (dashed).")]
+    return [save_figure(fig, axes, out_dir, "variance_shift.png",
+                        "Left: variance of BN inputs in eval mode (recomputed, dropout off) over BN's running variance, "
+                        "mean over the BN layers behind a dropout and seeds. Right: final validation accuracy with the "
+                        "running statistics (solid) and with statistics recomputed with dropout off (dashed).",
+                        xlabel="keep probability")]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnjax.run.report import Claim, Figure, fmt
+from bnjax.run.report import Claim, fmt, save_figure
 
 TOL = 0.005  # "match": recomputed statistics may trail by at most half a point of accuracy
 
@@ -157,14 +157,7 @@ def plots(results, out_dir):
     axes[0].set_title("val accuracy by evaluation statistics")
     axes[1].set_title("recomputed minus running (val accuracy)")
     axes[1].axhline(0, color="k", lw=0.8)
-    for ax in axes:
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "population_stats.png", dpi=110)
-    plt.close(fig)
-    return [Figure("population_stats.png",
-                   "Left: validation accuracy evaluated with each kind of running statistics, and with statistics "
-                   "recomputed after the epoch (dashed; equal weights across variants for equal seeds). Right: the "
-                   "gain from recomputing, mean and min-max over seeds.")]
+    return [save_figure(fig, axes, out_dir, "population_stats.png",
+                        "Left: validation accuracy evaluated with each kind of running statistics, and with statistics "
+                        "recomputed after the epoch (dashed; equal weights across variants for equal seeds). Right: the "
+                        "gain from recomputing, mean and min-max over seeds.", xlabel="epoch")]

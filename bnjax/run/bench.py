@@ -63,6 +63,22 @@ def _stateful(step: Callable, state: Any, *args: Any) -> Callable[[], Any]:
     return call
 
 
+def _step_loop(spec: MLPSpec, cfg: TrainConfig, x: jax.Array, y: jax.Array, steps: int) -> Callable[[], Any]:
+    """A timing closure: ``steps`` jitted single-model steps from Python over pre-sliced on-device batches."""
+    step = jax.jit(make_train_step(spec, cfg, steps_per_epoch=steps), donate_argnums=0)
+    xb, yb = x.reshape(steps, cfg.batch_size, -1), y.reshape(steps, cfg.batch_size)
+    batches = [(xb[i], yb[i]) for i in range(steps)]
+    box = [init_train_state(spec, cfg, seed=0)]
+
+    def loop():
+        out = None
+        for b in batches:
+            box[0], out = step(box[0], b)
+        return out
+
+    return loop
+
+
 def bench_steps(workloads=STEP_WORKLOADS, *, rounds: int, calls: int) -> list[dict[str, Any]]:
     """Training-step time of bnjax vs hand-written JAX vs flax.linen (BN MLP, Adam) per workload."""
     rows = []
@@ -95,18 +111,8 @@ def bench_epoch(*, rounds: int, steps: int = 100) -> dict[str, Any]:
     epoch = jax.jit(make_epoch_fn(spec, cfg, num_members=1, num_train=steps * w.batch), donate_argnums=0)
     states = init_ensemble(spec, cfg, resolve_members(spec, cfg, None))
     key = jax.random.key_data(jax.random.key(0))
-    step = jax.jit(make_train_step(spec, cfg, steps_per_epoch=steps), donate_argnums=0)
-    xb, yb = x.reshape(steps, w.batch, -1), y.reshape(steps, w.batch)
-    batches = [(xb[i], yb[i]) for i in range(steps)]
-    loop_box = [init_train_state(spec, cfg, seed=0)]
-
-    def loop():
-        out = None
-        for b in batches:
-            loop_box[0], out = step(loop_box[0], b)
-        return out
-
-    t = time_interleaved({"scan_epoch": _stateful(epoch, states, x, y, key), "python_loop": loop},
+    t = time_interleaved({"scan_epoch": _stateful(epoch, states, x, y, key),
+                          "python_loop": _step_loop(spec, cfg, x, y, steps)},
                          rounds=rounds, calls=1, warmup=1)
     scan, py = t["scan_epoch"]["median_s"], t["python_loop"]["median_s"]
     return {"workload": w.name, "steps": steps, "scan_epoch_ms": scan * 1e3, "python_loop_ms": py * 1e3,
@@ -131,18 +137,7 @@ def bench_ensemble(ks=(1, 4, 16, 64), *, rounds: int, steps: int = 20) -> list[d
             epoch = jax.jit(make_epoch_fn(spec, cfg, num_members=k, num_train=steps * w.batch,
                                           shared_batches=shared), donate_argnums=0)
             fns[f"{k}:{shared}"] = _stateful(epoch, init_ensemble(spec, cfg, members), x, y, key)
-    step = jax.jit(make_train_step(spec, cfg, steps_per_epoch=steps), donate_argnums=0)
-    xb, yb = x.reshape(steps, w.batch, -1), y.reshape(steps, w.batch)
-    batches = [(xb[i], yb[i]) for i in range(steps)]
-    box = [init_train_state(spec, cfg, seed=0)]
-
-    def single():
-        out = None
-        for b in batches:
-            box[0], out = step(box[0], b)
-        return out
-
-    fns["single_step"] = single
+    fns["single_step"] = _step_loop(spec, cfg, x, y, steps)
     t = time_interleaved(fns, rounds=rounds, calls=1, warmup=1)
     single_ms = t.pop("single_step")["median_s"] / steps * 1e3
     base = t["1:False"]["median_s"] / steps * 1e3

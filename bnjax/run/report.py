@@ -199,6 +199,21 @@ def _pyplot():
     return plt
 
 
+def save_figure(fig: Any, axes: Sequence[Any], out_dir: Path, filename: str, caption: str, *,
+                xlabel: str | None = None, legend_fontsize: int = 7) -> Figure:
+    """Finishes a study figure the same way everywhere (x label, grid, legend on each axis; tight layout), writes
+    ``out_dir/filename`` and closes it."""
+    for ax in axes:
+        if xlabel is not None:
+            ax.set_xlabel(xlabel)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=legend_fontsize)
+    fig.tight_layout()
+    fig.savefig(out_dir / filename, dpi=110)
+    _pyplot().close(fig)
+    return Figure(filename, caption)
+
+
 def _lines(results: StudyResults) -> list[tuple[VariantResult, dict[str, Any]]]:
     return [(v, g) for v in results for g in v.groups()]
 
@@ -269,15 +284,10 @@ def plot_step_loss(results: StudyResults, out_dir: Path) -> list[Figure]:
         if w > 1:
             mean = np.convolve(np.nan_to_num(mean, nan=np.nan), np.ones(w) / w, mode="valid")
         ax.plot(np.arange(mean.size) + (w - 1), mean, lw=1, label=v.label(g))
-    ax.set_xlabel("step")
     ax.set_ylabel("training loss (train mode)")
     ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / "loss_steps.png", dpi=110)
-    plt.close(fig)
-    return [Figure("loss_steps.png", "Training loss per step (train mode, on the mini-batch), mean over seeds.")]
+    return [save_figure(fig, [ax], out_dir, "loss_steps.png",
+                        "Training loss per step (train mode, on the mini-batch), mean over seeds.", xlabel="step")]
 
 
 def plot_metric_vs_axis(
@@ -333,12 +343,8 @@ def plot_metric_vs_axis(
             ax.set_xscale("log")
         if logy is not None and logy[j]:
             ax.set_yscale("log")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out_dir / filename, dpi=110)
-    plt.close(fig)
-    return Figure(filename, caption or f"{', '.join(t for _, t in metrics)} against {axis}; band: min-max over seeds.")
+    return save_figure(fig, list(np.ravel(axes)), out_dir, filename,
+                       caption or f"{', '.join(t for _, t in metrics)} against {axis}; band: min-max over seeds.")
 
 
 def loss_tail(v: VariantResult, steps: int = 100, **where: Any) -> np.ndarray:
