@@ -10,6 +10,7 @@ from jax.test_util import check_grads
 import bnjax
 import reference as ref
 from reference import assert_reads_well, jit_vjp
+from gradtools import three_way_errors
 
 TRAIN_EVAL = [True, False]
 
@@ -97,18 +98,7 @@ def test_analytic_vjp_matches_autodiff_and_numeric(x64, shape):
     def f(grad):
         return lambda x, s, b: bnjax.batch_norm({"scale": s, "bias": b}, st, x, True, grad=grad)[0]
 
-    _, g_an = jit_vjp(f("analytic"), inputs, jnp.asarray(dy))
-    _, g_ad = jit_vjp(f("autodiff"), inputs, jnp.asarray(dy))
-    fwd = jax.jit(f("autodiff"))
-    worst = {}
-    for i, name in enumerate(("x", "scale", "bias")):
-        def fi(z, i=i):
-            args = list(inputs)
-            args[i] = jnp.asarray(z)
-            return np.asarray(fwd(*args))
-
-        g_num = bnjax.numeric_vjp(fi, np.asarray(inputs[i]), dy)
-        worst[name] = (bnjax.rel_error(g_an[i], g_ad[i]), bnjax.rel_error(g_an[i], g_num))
+    worst = three_way_errors(f, inputs, dy)
     print(f"batch_norm {shape} rel errors (analytic~autodiff, analytic~numeric): {worst}")
     for name, (e_ad, e_num) in worst.items():
         assert e_ad <= 1e-10, name
