@@ -9,6 +9,16 @@ import jax.numpy as jnp
 import numpy as np
 
 
+def is_int(v: Any) -> bool:
+    """A Python int that is not a bool (config and spec validation)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """A Python int or float that is not a bool."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def concrete_float(value: Any) -> float | None:
     """``float(value)`` when it is known at trace time, ``None`` for a tracer (e.g. a vmapped rate)."""
     if isinstance(value, jax.core.Tracer):

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from bnjax._typing import Array, Layer, Params, PRNGKey, State
 from bnjax.nn._batch_norm import AVERAGES, batch_norm, batch_norm_init
+from bnjax.nn._checks import is_int as _is_int, is_number as _is_number
 from bnjax.nn._dense import INITS, dense, dense_init
 from bnjax.nn._dropout import dropout as dropout_layer
 from bnjax.nn._layer_norm import layer_norm, layer_norm_init
@@ -36,14 +37,6 @@ ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     # The exact erf form, as torch.nn.GELU's default (jax.nn.gelu defaults to the tanh approximation).
     "gelu": partial(jax.nn.gelu, approximate=False),
 }
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 @dataclass(frozen=True)
