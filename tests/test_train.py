@@ -1,5 +1,7 @@
 """The training step, optimizers, schedules, TrainConfig checks and a single-model train_ensemble run."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -200,8 +202,8 @@ def test_nonfinite_parameter_hidden_by_relu_is_detected():
 
 
 def test_empty_validation_split_gives_nan_metrics():
-    data = toy_data()
-    data.x_val, data.y_val = data.x_val[:0], data.y_val[:0]
+    full = toy_data()
+    data = dataclasses.replace(full, x_val=full.x_val[:0], y_val=full.y_val[:0])
     r = train_ensemble(TOY_SPEC, TOY_CFG, data)
     assert np.all(np.isnan(r.history["val_acc"])) and np.all(np.isfinite(r.history["test_acc"]))
     assert r.to_json()["history"]["val_loss"] == [[None, None, None]]

@@ -5,27 +5,14 @@ Sharing them lets the tests reuse compiled programs (bnjax.train caches them per
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
 from bnjax import MLPSpec
+from bnjax.data import Dataset
 from bnjax.train import TrainConfig
 
 
-@dataclass
-class ToyData:
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    num_classes: int = 3
-    name: str = "toy"
-
-
-def toy_data(seed: int = 0, n_train: int = 64, d: int = 6, classes: int = 3) -> ToyData:
+def toy_data(seed: int = 0, n_train: int = 64, d: int = 6, classes: int = 3) -> Dataset:
     """Gaussian blobs: 64 train, 24 val, 24 test examples of 6 features, 3 classes."""
     rng = np.random.default_rng(seed)
     centers = rng.standard_normal((classes, d)) * 1.5
@@ -35,7 +22,7 @@ def toy_data(seed: int = 0, n_train: int = 64, d: int = 6, classes: int = 3) -> 
         return (centers[y] + rng.standard_normal((n, d))).astype(np.float32), y
 
     (xtr, ytr), (xv, yv), (xt, yt) = split(n_train), split(24), split(24)
-    return ToyData(xtr, ytr, xv, yv, xt, yt, num_classes=classes)
+    return Dataset(xtr, ytr, xv, yv, xt, yt, name="toy", num_classes=classes)
 
 
 TOY_SPEC = MLPSpec(in_features=6, hidden=(8, 8), num_classes=3, norm="batch", weight_scale=0.3)
