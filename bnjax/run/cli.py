@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
@@ -23,15 +24,27 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import shlex
 
     from bnjax.run.config import load_config
-    from bnjax.run.runner import run_study
+    from bnjax.run.runner import default_out_dir, run_study
 
     overrides = [o for group in args.set for o in group]
     config = load_config(args.config, overrides)
+    args.out_dir = Path(args.out) if args.out else default_out_dir(config)
     command = "bnjax " + " ".join(shlex.quote(a) for a in (args.argv or sys.argv[1:]))
-    out, summary = run_study(config, args.out, resume=args.resume, progress=not args.quiet, command=command,
+    out, summary = run_study(config, args.out_dir, resume=args.resume, progress=not args.quiet, command=command,
                              source=args.config)
     print(f"results: {out}/report.md ({summary['passed']}/{summary['total']} claims PASS)")
     return 0
+
+
+def _resume_command(args: argparse.Namespace) -> str:
+    """The command that continues the run ``args`` started: same config and --set options, its --out, --resume."""
+    import shlex
+
+    parts = ["bnjax", "run", args.config]
+    for group in args.set:
+        parts += ["--set", *group]
+    parts += ["--out", str(args.out_dir), "--resume"] + (["--quiet"] if args.quiet else [])
+    return " ".join(shlex.quote(p) for p in parts)
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -67,16 +80,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bnjax", description=__doc__)
+    # --debug is accepted before and after the command (`bnjax --debug run ...`, `bnjax run ... --debug`).
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on an error, also print the Python traceback")
+    parser = argparse.ArgumentParser(prog="bnjax", description=__doc__, parents=[common])
+    parser.set_defaults(debug=False)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("gradcheck", help="check every layer's analytic gradient against autodiff and finite differences")
+    p = sub.add_parser("gradcheck", parents=[common],
+                       help="check every layer's analytic gradient against autodiff and finite differences")
     p.add_argument("--seed", type=int, default=231, help="NumPy seed of the inputs (default 231, as CS231n)")
     p.add_argument("--h", type=float, default=1e-5, help="finite-difference step (default 1e-5)")
     p.add_argument("--tol", type=float, default=1e-7, help="largest relative error that passes (default 1e-7)")
     p.set_defaults(func=_cmd_gradcheck)
 
-    p = sub.add_parser("run", help="run a study config: train its variants, write metrics, plots and a verdict report")
+    p = sub.add_parser("run", parents=[common],
+                       help="run a study config: train its variants, write metrics, plots and a verdict report")
     p.add_argument("config", help="the study's TOML file, e.g. configs/quickstart.toml (`bnjax list` shows them)")
     p.add_argument("--set", nargs="+", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override config values (TOML literals; bare words are strings), e.g. "
@@ -84,38 +104,82 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results directory (default runs/<study>-<timestamp>)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out: finished variants are kept, the interrupted one resumes from "
-                        "its last epoch checkpoint")
+                        "its last intact epoch checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=_cmd_run, argv=None)
+    p.set_defaults(func=_cmd_run, argv=None, out_dir=None)
 
-    p = sub.add_parser("report", help="rebuild the plots and report.md of a run directory from its saved metrics")
+    p = sub.add_parser("report", parents=[common],
+                       help="rebuild the plots and report.md of a run directory from its saved metrics")
     p.add_argument("run_dir", help="a directory written by `bnjax run`")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("bench", help="time bnjax against hand-written JAX and flax.linen (steps, epochs, "
-                                     "ensembles, the BN layer); prints medians and ratios, saves JSON")
+    p = sub.add_parser("bench", parents=[common],
+                       help="time bnjax against hand-written JAX and flax.linen (steps, epochs, ensembles, the BN "
+                            "layer); prints medians and ratios, saves JSON")
     p.add_argument("--quick", action="store_true", help="one workload per part and few rounds (a smoke run)")
     p.add_argument("--out", default=None, help="JSON file (default bench_results/bench-<time>.json)")
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("list", help="list the study configs with their one-line descriptions")
+    p = sub.add_parser("list", parents=[common], help="list the study configs with their one-line descriptions")
     p.add_argument("--configs", default="configs", help="directory of *.toml configs (default ./configs)")
     p.set_defaults(func=_cmd_list)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "run":
-        args.argv = argv
-    from bnjax.run._schema import ConfigError
+    """Runs the command in ``argv`` (default ``sys.argv[1:]``) and returns the exit code.
+
+    Exit codes: 0 success; 1 a failed check (gradcheck, list) or a bug (with its traceback); 2 an error the
+    user can fix (bad config, option, path, data file, busy or occupied results directory, damaged checkpoint,
+    full or read-only disk), printed as one ``bnjax <command>: error: ...`` message; 128 + N after signal N
+    (130 Ctrl-C, 143 SIGTERM), with the command that resumes the run.
+    """
+    import logging
 
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse already printed the usage and the error
+        return 0 if e.code is None else int(e.code) if isinstance(e.code, int) else 2
+    if args.command == "run":
+        args.argv = argv
+    from bnjax.run._errors import RunError, RunInterrupted
+    from bnjax.run._rundir import describe_error, resume_state
+    from bnjax.run._schema import ConfigError
+    from bnjax.train._checkpoint import CheckpointError
+
+    name = f"bnjax {args.command}"
+    # Library warnings (a damaged checkpoint skipped on resume) as plain lines on stderr.
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{name}: warning: %(message)s"))
+    logger = logging.getLogger("bnjax")
+    logger.addHandler(handler)
+    try:
         return int(args.func(args) or 0)
-    except (ConfigError, FileNotFoundError, FileExistsError) as e:
-        # Mistakes in a config or a path: one clear line, no traceback.
-        print(f"bnjax {args.command}: error: {e}", file=sys.stderr)
+    except RunInterrupted as e:
+        how = "Ctrl-C" if e.exit_code == 130 else e.args[0]
+        if e.resumable:
+            print(f"{name}: interrupted ({how}) {e.detail}; the metrics and the last complete epoch's checkpoint "
+                  f"are saved in {e.out}.\nresume with: {_resume_command(args)}", file=sys.stderr)
+        else:
+            print(f"{name}: interrupted ({how}) {e.detail}; nothing was kept in {e.out}.", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted (Ctrl-C).", file=sys.stderr)
+        return 130
+    except (ConfigError, RunError, CheckpointError, OSError) as e:
+        # Mistakes in a config, a path, a data file, a results directory or a checkpoint, and a full or
+        # read-only disk: one clear message, no traceback (unless --debug).
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        print(f"{name}: error: {describe_error(e)}", file=sys.stderr)
+        if isinstance(e, OSError) and getattr(args, "out_dir", None) and resume_state(args.out_dir) == "interrupted":
+            print(f"{name}: the run stopped; its metrics and last complete epoch's checkpoint are kept in "
+                  f"{args.out_dir}.\nresume with: {_resume_command(args)}", file=sys.stderr)
         return 2
+    finally:
+        logger.removeHandler(handler)
 
 
 if __name__ == "__main__":

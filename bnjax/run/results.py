@@ -16,12 +16,16 @@ Layout of a run directory (written by :mod:`bnjax.run.runner`)::
 from __future__ import annotations
 
 import json
+import os
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bnjax.run._errors import RunError
 
 SEED = "seed"
 
@@ -144,19 +148,30 @@ def variant_dir(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / "variants" / name
 
 
+def _write(path: Path, write: Any) -> None:
+    # Write to a temporary name, then rename: a crash or a full disk never leaves a torn file under the real
+    # name; an OSError names the file.
+    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+
+
 def save_variant(run_dir: Path, v: VariantResult) -> None:
     """Writes ``v`` under ``variants/<name>/`` (history.npz last, so its presence marks a finished variant)."""
     d = variant_dir(run_dir, v.name)
     d.mkdir(parents=True, exist_ok=True)
-    (d / "members.json").write_text(json.dumps(
-        {"members": v.members, "axes": list(v.axes), "wall_time": v.wall_time,
-         "epoch_times": np.asarray(v.epoch_times, float).tolist()}, indent=1))
-    (d / "extras.json").write_text(json.dumps(jsonable(v.extras), indent=1))
+    members = json.dumps({"members": v.members, "axes": list(v.axes), "wall_time": v.wall_time,
+                          "epoch_times": np.asarray(v.epoch_times, float).tolist()}, indent=1)
+    _write(d / "members.json", lambda p: p.write_text(members))
+    extras = json.dumps(jsonable(v.extras), indent=1)
+    _write(d / "extras.json", lambda p: p.write_text(extras))
     arrays = {f"history/{k}": np.asarray(a) for k, a in v.history.items()}
-    tmp = d / "history.tmp.npz"
-    np.savez_compressed(tmp, loss_history=np.asarray(v.loss_history), diverged_step=np.asarray(v.diverged_step),
-                        **arrays)
-    tmp.replace(d / "history.npz")
+    _write(d / "history.npz", lambda p: np.savez_compressed(
+        p, loss_history=np.asarray(v.loss_history), diverged_step=np.asarray(v.diverged_step), **arrays))
 
 
 def is_finished(run_dir: Path, name: str) -> bool:
@@ -169,12 +184,17 @@ def load_variant(run_dir: Path, name: str) -> VariantResult:
     if not (d / "history.npz").is_file():
         raise FileNotFoundError(f"{d / 'history.npz'} not found: variant {name!r} did not finish; "
                                 f"continue the run with `bnjax run CONFIG --out {run_dir} --resume`.")
-    meta = json.loads((d / "members.json").read_text())
-    with np.load(d / "history.npz") as z:
-        history = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("history/")}
-        loss_history, diverged_step = z["loss_history"], z["diverged_step"]
-    spec = json.loads((d / "spec.json").read_text()) if (d / "spec.json").is_file() else {}
-    extras = json.loads((d / "extras.json").read_text()) if (d / "extras.json").is_file() else {}
+    try:
+        meta = json.loads((d / "members.json").read_text())
+        with np.load(d / "history.npz") as z:
+            history = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("history/")}
+            loss_history, diverged_step = z["loss_history"], z["diverged_step"]
+        spec = json.loads((d / "spec.json").read_text()) if (d / "spec.json").is_file() else {}
+        extras = json.loads((d / "extras.json").read_text()) if (d / "extras.json").is_file() else {}
+    except (ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        raise RunError(f"{d}: the saved results of variant {name!r} are damaged ({type(e).__name__}: {e}); "
+                       f"delete {d} and continue the run with `bnjax run CONFIG --out {run_dir} --resume` to "
+                       f"train it again.") from e
     return VariantResult(
         name=name, members=meta["members"], axes=tuple(meta["axes"]), history=history,
         loss_history=loss_history, diverged_step=diverged_step, wall_time=float(meta.get("wall_time", np.nan)),

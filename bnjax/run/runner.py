@@ -29,20 +29,13 @@ import numpy as np
 
 from bnjax.data import Dataset
 from bnjax.nn import MLPSpec
-from bnjax.run.config import (
-    ConfigError,
-    DataConfig,
-    StudyConfig,
-    Variant,
-    load_config,
-    resolved_raw,
-)
+from bnjax.run import _rundir
+from bnjax.run.config import StudyConfig, Variant, load_config
 from bnjax.run.progress import EpochBar
 from bnjax.run.report import load_analysis, write_report
 from bnjax.run.results import (
     StudyResults,
     VariantResult,
-    is_finished,
     jsonable,
     load_variant,
     read_metrics,
@@ -50,11 +43,11 @@ from bnjax.run.results import (
     variant_dir,
 )
 from bnjax.train import EnsembleResult, TrainConfig, train_ensemble
+from bnjax.train._ensemble import check_inputs
 
 __all__ = ["TrainedVariant", "default_out_dir", "load_results", "rebuild_report", "run_study"]
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = _rundir.CONFIG_FILE
 
 
 @dataclass
@@ -90,22 +83,6 @@ def _device() -> str:
     return f"{name}, {jax.device_count()} device(s), {os.cpu_count()} CPU core(s), jax {jax.__version__}"
 
 
-def _check_out_dir(config: StudyConfig, out: Path, resume: bool) -> None:
-    saved = out / CONFIG_FILE
-    if resume:
-        if not saved.is_file():
-            raise FileNotFoundError(f"--resume: {saved} not found; resume needs the directory of an earlier run "
-                                    f"of this config (--out DIR).")
-        before = json.loads(saved.read_text())
-        now = jsonable(resolved_raw(config))
-        if before != now:
-            diffs = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
-            raise ConfigError(f"--resume: the config differs from the one saved in {saved} (tables {diffs}); "
-                              f"resume with the same config and --set options, or use a new --out directory.")
-    elif saved.exists():
-        raise FileExistsError(f"{out} already holds a run; pass --resume to continue it, or choose another --out.")
-
-
 def _metric_line(variant: str, k: int, member: dict[str, Any], epoch: int, values: dict[str, Any]) -> dict:
     line = {"variant": variant, "member": k, "epoch": epoch, **member}
     for name, v in values.items():
@@ -114,27 +91,17 @@ def _metric_line(variant: str, k: int, member: dict[str, Any], epoch: int, value
     return line
 
 
-class _MetricsLog:
-    """Appends one JSON line per member per epoch, flushed at once so a crash loses nothing written."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.f = open(path, "a")  # noqa: SIM115 - held open across the run, closed in run_study's finally
-
-    def write(self, lines: list[dict[str, Any]]) -> None:
-        for line in lines:
-            self.f.write(json.dumps(line) + "\n")
-        self.f.flush()
-
-    def close(self) -> None:
-        self.f.close()
+def _check_variant(variant: Variant, data: Dataset) -> None:
+    # What train_ensemble would refuse, checked before the results directory is touched.
+    spec = variant.model.spec(data.num_features, data.num_classes)
+    check_inputs(spec, variant.train, data, variant.sweep.members())
 
 
 def _train_variant(
     variant: Variant,
     data: Dataset,
     out: Path,
-    log: _MetricsLog,
+    log: _rundir.MetricsLog,
     module: types.ModuleType | None,
     *,
     resume: bool,
@@ -213,47 +180,32 @@ def run_study(
 
     Returns:
       ``(out_dir, summary)``; ``summary`` is what ``summary.json`` holds (claims with verdicts, final numbers).
+
+    Raises:
+      ConfigError: bad data or settings (checked against the loaded data before anything is written).
+      RunError: ``out_dir`` is busy, already holds a run (without ``resume``) or nothing to resume.
+      CheckpointError: ``resume`` finds no intact checkpoint of a variant to continue.
+      RunInterrupted: Ctrl-C or SIGTERM; metrics and the last epoch's checkpoint are kept for ``resume``.
     """
     say = log or (lambda s: print(s, file=sys.stderr))
     out = Path(out_dir) if out_dir is not None else default_out_dir(config)
-    _check_out_dir(config, out, resume)
-    module = load_analysis(config.analysis_path)  # fail before training if the module is missing or broken
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps(jsonable(resolved_raw(config)), indent=1))
-    if source is not None and Path(source).is_file() and Path(source).resolve() != (out / "config.source.toml").resolve():
-        shutil.copyfile(source, out / "config.source.toml")
-    if config.analysis_path is not None:
-        shutil.copyfile(config.analysis_path, out / "analysis.py")
-    meta_path = out / "run.json"
-    meta = json.loads(meta_path.read_text()) if resume and meta_path.is_file() else {}
-    meta.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
-    meta.update(command=command or meta.get("command"), device=_device(), python=platform.python_version())
-    meta_path.write_text(json.dumps(meta, indent=1))
-
-    t0 = time.perf_counter()
-    datasets: dict[DataConfig, Dataset] = {}
-    metrics_log = _MetricsLog(out / METRICS_FILE)
-    try:
+    # Everything that can refuse the run does so before the directory is touched (see bnjax/run/_rundir.py).
+    plan = _rundir.plan_run(out, config, resume=resume)
+    module = _rundir.check_analysis(config.analysis_path)
+    datasets = _rundir.load_and_check([v for v in config.variants if v.name not in plan.finished], _check_variant)
+    with _rundir.RunDir(plan, config, command=command, source=source, device=_device(),
+                        python=platform.python_version(), say=say) as run:
         for variant in config.variants:
-            if resume and is_finished(out, variant.name):
+            if variant.name in plan.finished:
                 say(f"{variant.name}: finished in an earlier run, kept")
                 continue
-            if variant.data not in datasets:
-                try:
-                    datasets[variant.data] = variant.data.load()
-                except ValueError as e:
-                    raise ConfigError(f"[data] of variant {variant.name!r}: {e}") from None
-            _train_variant(variant, datasets[variant.data], out, metrics_log, module, resume=resume,
+            _train_variant(variant, datasets[variant.data], out, run.metrics, module, resume=plan.resume,
                            progress=progress)
-    finally:
-        metrics_log.close()
-    try:
-        (out / "checkpoints").rmdir()  # only when every variant finished and removed its checkpoint
-    except OSError:
-        pass
-    meta["wall_time_s"] = float(meta.get("wall_time_s") or 0.0) + (time.perf_counter() - t0)
-    meta_path.write_text(json.dumps(meta, indent=1))
-    summary = write_report(load_results(out), module)
+        try:
+            (out / "checkpoints").rmdir()  # only when every variant finished and removed its checkpoint
+        except OSError:
+            pass
+        summary = write_report(load_results(out), module)
     return out, summary
 
 

@@ -340,6 +340,14 @@ def _loop_inputs(spec: MLPSpec, cfg: TrainConfig, data: Any) -> dict[str, Any]:
     return {"x": x_tr, "y": y_tr, "sets": sets, "precise_x": precise_x}
 
 
+def check_inputs(spec: MLPSpec, cfg: TrainConfig, data: DatasetLike, members: dict[str, list[Any]] | None = None,
+                 ) -> None:
+    """Raises the ValueError/TypeError :func:`train_ensemble` would raise for these arguments, without training
+    (a runner calls it before writing anything)."""
+    resolve_members(spec, cfg, members)
+    _loop_inputs(spec, cfg, data)
+
+
 def train_ensemble(
     spec: MLPSpec,
     cfg: TrainConfig,
