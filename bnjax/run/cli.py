@@ -81,11 +81,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     # --debug is accepted before and after the command (`bnjax --debug run ...`, `bnjax run ... --debug`).
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="on an error, also print the Python traceback")
-    parser = argparse.ArgumentParser(prog="bnjax", description=__doc__, parents=[common])
-    parser.set_defaults(debug=False)
+    debug_help = "on an error, also print the Python traceback"
+    parser = argparse.ArgumentParser(prog="bnjax", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    common = argparse.ArgumentParser(add_help=False)  # SUPPRESS: an absent sub-command flag keeps the main one
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("gradcheck", parents=[common],

@@ -186,7 +186,7 @@ def load_variant(run_dir: Path, name: str) -> VariantResult:
                                 f"continue the run with `bnjax run CONFIG --out {run_dir} --resume`.")
     try:
         meta = json.loads((d / "members.json").read_text())
-        with np.load(d / "history.npz") as z:
+        with open(d / "history.npz", "rb") as f, np.load(f) as z:
             history = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("history/")}
             loss_history, diverged_step = z["loss_history"], z["diverged_step"]
         spec = json.loads((d / "spec.json").read_text()) if (d / "spec.json").is_file() else {}
