@@ -150,7 +150,8 @@ def inspect_run_dir(out: Path) -> RunDirState:
     if not entries:
         return RunDirState("empty")
     if not (out / CONFIG_FILE).is_file():
-        return RunDirState("foreign", detail=f"it has {', '.join(sorted(entries)[:3])}{', ...' if len(entries) > 3 else ''} but no {CONFIG_FILE}")
+        shown = ", ".join(sorted(entries)[:3]) + (", ..." if len(entries) > 3 else "")
+        return RunDirState("foreign", detail=f"it has {shown} but no {CONFIG_FILE}")
     meta = _read_json(out / RUN_FILE)
     finished = tuple(sorted(p.parent.name for p in (out / VARIANTS).glob("*/history.npz")))
     started = f"started {meta['started']}" if meta.get("started") else "start time unknown"
