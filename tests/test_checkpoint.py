@@ -1,7 +1,12 @@
 """Checkpoints: a run killed with SIGKILL and resumed equals an uninterrupted run; mismatches are refused."""
 
+import errno
+import hashlib
+import logging
 import os
 import signal
+import struct
+import tempfile
 import subprocess
 import sys
 import textwrap
@@ -14,7 +19,7 @@ import pytest
 from train_helpers import TOY_CFG, TOY_SPEC, toy_data
 
 from bnjax.train import load_checkpoint, make_fingerprint, save_checkpoint, train_ensemble
-from bnjax.train._checkpoint import checkpoint_path
+from bnjax.train._checkpoint import CheckpointError, checkpoint_path, previous_checkpoint_path, verify_checkpoints
 
 MEMBERS = {"seed": [0, 1], "learning_rate": [1e-2, 3e-3]}
 CFG = TOY_CFG.replace(epochs=5)
@@ -118,3 +123,118 @@ def test_train_state_roundtrip_every_optimizer(tmp_path, optimizer):
     for a, b in zip(jax.tree.leaves(back), jax.tree.leaves(states)):
         assert a.dtype == b.dtype
         np.testing.assert_array_equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------ integrity
+
+FP = {"run": 1}
+
+
+def _save_epochs(directory, epochs):
+    for e in epochs:
+        save_checkpoint(directory, FP, {"epoch": e, "x": np.full(50, e, np.float32)})
+
+
+def _damage(path, how):
+    data = bytearray(path.read_bytes())
+    if how == "truncated":
+        data = data[:-7]
+    elif how == "flipped":
+        data[len(data) // 2] ^= 0x01  # one bit in the middle of the contents
+    elif how == "length":
+        data[13] ^= 0x01  # the body length stored in the header
+    path.write_bytes(bytes(data))
+
+
+def test_file_layout_is_the_documented_header_and_checksum(tmp_path):
+    # Independent check of the format: magic, version, length and SHA-256 read back with struct/hashlib.
+    _save_epochs(tmp_path, [1])
+    data = checkpoint_path(tmp_path).read_bytes()
+    magic, version, length, digest = struct.unpack_from("<8sIQ32s", data)
+    body = data[52:]
+    assert (magic, version, length) == (b"BNJAXCKP", 2, len(body))
+    assert digest == hashlib.sha256(body).digest()
+
+
+DAMAGE_WORDS = {"truncated": "truncated", "flipped": "corrupt: the SHA-256 checksum", "length": "longer than written"}
+
+
+@pytest.mark.parametrize("how", sorted(DAMAGE_WORDS))
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_then_refuses(tmp_path, how, caplog):
+    _save_epochs(tmp_path, [1, 2])
+    _damage(checkpoint_path(tmp_path), how)
+    with caplog.at_level(logging.WARNING, logger="bnjax"):
+        got = load_checkpoint(tmp_path, FP)
+    assert got["epoch"] == 1
+    np.testing.assert_array_equal(got["x"], np.full(50, 1, np.float32))
+    assert f"{checkpoint_path(tmp_path)}: {DAMAGE_WORDS[how]}" in caplog.text
+    assert "resuming from the previous checkpoint checkpoint.prev.msgpack (epoch 1)" in caplog.text
+    assert verify_checkpoints(tmp_path)[0] == previous_checkpoint_path(tmp_path)
+
+    _damage(previous_checkpoint_path(tmp_path), how)  # none intact: refuse, naming both files
+    with pytest.raises(CheckpointError, match="No intact checkpoint") as info:
+        load_checkpoint(tmp_path, FP)
+    msg = str(info.value)
+    for path in (checkpoint_path(tmp_path), previous_checkpoint_path(tmp_path)):
+        assert f"{path}: {DAMAGE_WORDS[how]}" in msg
+    assert verify_checkpoints(tmp_path)[0] is None
+
+
+def test_a_single_damaged_checkpoint_is_refused(tmp_path):
+    _save_epochs(tmp_path, [1])
+    checkpoint_path(tmp_path).write_bytes(checkpoint_path(tmp_path).read_bytes()[:30])  # inside the header
+    with pytest.raises(CheckpointError, match=r"checkpoint.msgpack: truncated to 30 bytes"):
+        load_checkpoint(tmp_path, FP)
+
+
+def test_only_two_checkpoints_are_kept(tmp_path):
+    _save_epochs(tmp_path, [1, 2, 3, 4])
+    assert sorted(os.listdir(tmp_path)) == ["checkpoint.msgpack", "checkpoint.prev.msgpack"]
+    assert load_checkpoint(tmp_path, FP)["epoch"] == 4
+    checkpoint_path(tmp_path).unlink()  # a crash between the two renames of a save
+    assert load_checkpoint(tmp_path, FP)["epoch"] == 3
+
+
+def _no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+@pytest.mark.parametrize("where", ["write", "rename", "read-only"])
+def test_full_or_read_only_disk_names_the_file_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch, where):
+    _save_epochs(tmp_path, [1, 2])
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    if where == "write":  # the disk fills while the new file is flushed
+        monkeypatch.setattr(os, "fsync", _no_space)
+    elif where == "rename":  # the new file cannot take its place after the newest was kept as the previous one
+        real = os.replace
+        monkeypatch.setattr(os, "replace", lambda a, b: _no_space() if Path(b) == checkpoint_path(tmp_path)
+                            else real(a, b))
+    else:  # as root chmod does not stop writes, so the file system's refusal is simulated
+        def read_only(*args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(tmp_path))
+
+        monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    with pytest.raises(OSError) as info:
+        _save_epochs(tmp_path, [3])
+    monkeypatch.undo()
+    err = info.value
+    assert err.filename == str(checkpoint_path(tmp_path))
+    assert err.errno == (errno.EROFS if where == "read-only" else errno.ENOSPC)
+    assert os.strerror(err.errno) in err.strerror and "the checkpoints written before it are kept" in err.strerror
+    assert not list(tmp_path.glob(".*.tmp"))  # no temporary file left behind
+    assert load_checkpoint(tmp_path, FP)["epoch"] == 2
+    if where != "rename":
+        assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # untouched byte for byte
+
+
+def test_resume_from_the_fallback_checkpoint_is_bit_identical(tmp_path, caplog):
+    cfg = TOY_CFG.replace(epochs=3)
+    uninterrupted = train_ensemble(TOY_SPEC, cfg, toy_data(), MEMBERS, checkpoint_dir=tmp_path)
+    _damage(checkpoint_path(tmp_path), "flipped")  # epoch 3's checkpoint; epoch 2's is intact
+    seen = []
+    with caplog.at_level(logging.WARNING, logger="bnjax"):
+        resumed = train_ensemble(TOY_SPEC, cfg, toy_data(), MEMBERS, checkpoint_dir=tmp_path, resume=True,
+                                 callback=lambda e, m: seen.append(e))
+    assert seen == [3]  # epoch 3 trained again from epoch 2's state
+    assert "checkpoint.msgpack: corrupt" in caplog.text and "(epoch 2)" in caplog.text
+    _assert_same_run(resumed, uninterrupted)
