@@ -4,8 +4,11 @@ Layout of a run directory (written by :mod:`bnjax.run.runner`)::
 
     config.json              the resolved config (the TOML after ``--set``), reloadable
     config.source.toml       the config file as given
-    run.json                 command, start time, wall-clock, software and device
+    run.json                 command, start time, wall-clock, software, device and status ("running",
+                             "interrupted", "complete"; see :mod:`bnjax.run._rundir`)
     metrics.jsonl            one line per epoch per member per variant, appended as training goes
+    .bnjax.lock              flock held by the run writing the directory
+    checkpoints/<name>/      the unfinished variant's last two epoch checkpoints (removed once it is saved)
     variants/<name>/spec.json       the variant's resolved data/model/train/sweep settings
     variants/<name>/history.npz     history arrays (K, epochs+1), loss_history (K, steps), diverged_step (K,)
     variants/<name>/members.json    member hyperparameters (K dicts) and timings
