@@ -308,3 +308,22 @@ def test_real_ctrl_c_in_a_subprocess_exits_130_with_the_resume_command(project):
             in err)
     assert json.loads((project / "out" / "run.json").read_text())["status"] == "interrupted"
     assert verify_checkpoints(project / "out" / "checkpoints" / "tiny")[1] == []
+
+
+def test_a_directory_that_changes_before_the_lock_is_left_alone(project):
+    # Planned while absent; another run completes there before this one takes the lock: refuse, touch nothing.
+    from bnjax.run._rundir import RunDir, plan_run
+    from bnjax.run.config import load_config
+
+    config = load_config("configs/tiny.toml")
+    plan = plan_run(Path("out"), config, resume=False)
+    out = Path("out")
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "run.json").write_text(json.dumps({"status": "complete"}))
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(RunError, match="out changed while this run was starting \\(it now holds a complete run\\)"):
+        with RunDir(plan, config):
+            raise AssertionError("not reached")
+    assert sorted(p.name for p in out.iterdir() if p.name != ".bnjax.lock") == before
+    assert json.loads((out / "run.json").read_text()) == {"status": "complete"}

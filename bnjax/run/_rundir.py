@@ -367,7 +367,9 @@ class RunDir:
         self.command, self.source, self.device, self.python, self.say = command, source, device, python, say
         self.metrics: MetricsLog | None = None
         self._fd: int | None = None
-        self._created = False
+        self._created = False  # the run created the directory
+        self._wrote = False  # the run began writing into it (after checking it under the lock)
+        self._t0 = time.perf_counter()
         self._handlers: dict[int, Any] = {}
         self.meta: dict[str, Any] = {}
 
@@ -392,6 +394,7 @@ class RunDir:
         if state.kind != plan.kind and not (plan.kind == "absent" and state.kind == "empty"):
             raise RunError(f"{out} changed while this run was starting (it now holds a {state.kind} run); run "
                            f"again.")
+        self._wrote = True
         if plan.replace:
             self.say(f"{out} holds a run that stopped before its first epoch ({state.detail}); replacing it.")
             _remove_written(out)
@@ -407,7 +410,6 @@ class RunDir:
                     status="running", pid=os.getpid())
         self.meta = meta
         write_text(out / RUN_FILE, json.dumps(meta, indent=1))
-        self._t0 = time.perf_counter()
         self.metrics = MetricsLog(out / METRICS_FILE)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -442,7 +444,9 @@ class RunDir:
         out = self.out
         if self.metrics is not None:
             self.metrics.close()
-        if self._fd is None:  # never locked: nothing of ours is in the directory
+        if not self._wrote:  # refused before writing: leave the directory as it was
+            if self._created and self._fd is not None:
+                (out / LOCK_FILE).unlink(missing_ok=True)
             if self._created:
                 with contextlib.suppress(OSError):
                     out.rmdir()
