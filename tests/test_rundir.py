@@ -100,9 +100,9 @@ def reference(tmp_path_factory):
 
 
 def _resume_command(err: str) -> list[str]:
-    line = [ln for ln in err.splitlines() if ln.startswith("resume with: ")]
+    line = [ln for ln in err.splitlines() if "resume with: " in ln]
     assert len(line) == 1, err
-    argv = shlex.split(line[0].removeprefix("resume with: "))
+    argv = shlex.split(line[0].split("resume with: ")[1])
     assert argv[0] == "bnjax"
     return argv[1:]
 
@@ -168,6 +168,7 @@ def test_full_disk_mid_run_names_the_file_keeps_the_checkpoint_and_resumes(proje
     assert code == 2 and "Traceback" not in err
     assert ("bnjax run: error: out/checkpoints/tiny/checkpoint.msgpack: could not write the checkpoint (No space "
             "left on device); the checkpoints written before it are kept") in err
+    assert len(err.strip().splitlines()) == 2
     assert inspect_run_dir(Path("out")).kind == "interrupted"
     assert verify_checkpoints(Path("out/checkpoints/tiny"))[0] == Path("out/checkpoints/tiny/checkpoint.msgpack")
     assert cli.main(_resume_command(err)) == 0

@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{name}: error: {describe_error(e)}", file=sys.stderr)
         if isinstance(e, OSError) and getattr(args, "out_dir", None) and resume_state(args.out_dir) == "interrupted":
-            print(f"{name}: the run stopped; its metrics and last complete epoch's checkpoint are kept in "
-                  f"{args.out_dir}.\nresume with: {_resume_command(args)}", file=sys.stderr)
+            print(f"the metrics and the last complete epoch's checkpoint are kept; resume with: "
+                  f"{_resume_command(args)}", file=sys.stderr)
         return 2
     finally:
         logger.removeHandler(handler)
