@@ -100,6 +100,7 @@ def test_clone_finds_studies_by_name_from_any_directory(tmp_path, monkeypatch, c
     monkeypatch.chdir(tmp_path)
     assert shipped_configs_dir() == REPO / "configs"
     assert find_config("quickstart") == REPO / "configs" / "quickstart.toml"
+    assert find_config("quickstart.toml") == REPO / "configs" / "quickstart.toml"
     path = REPO / "configs" / "dropout.toml"
     assert find_config(str(path)) == path  # a path is used as given
     with pytest.raises(FileNotFoundError, match=r"config nope not found: .*bnjax list.*quickstart"):

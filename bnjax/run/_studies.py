@@ -53,9 +53,9 @@ def _study_name(path: Path) -> str | None:
 def find_config(name_or_path: str | Path) -> Path:
     """The config file that ``bnjax run NAME_OR_PATH`` runs.
 
-    An existing file is used as given (a ``.toml`` config or a run directory's ``config.json``). Otherwise the
-    argument is a study name, looked up as ``./configs/NAME.toml``, then among the shipped studies by file
-    name and by ``study.name``.
+    An existing file is used as given (a ``.toml`` config or a run directory's ``config.json``). Otherwise an
+    argument without a directory part is a study name (or its ``.toml`` file name), looked up as
+    ``./configs/NAME.toml``, then among the shipped studies by file name and by ``study.name``.
 
     Raises:
       FileNotFoundError: naming the argument and the shipped study names.
@@ -65,10 +65,11 @@ def find_config(name_or_path: str | Path) -> Path:
         return path
     name = str(name_or_path)
     dirs = [d for d in (Path("configs"), shipped_configs_dir()) if d is not None and d.is_dir()]
-    if name and path.name == name and path.suffix not in (".toml", ".json"):  # a bare name, not a path
+    if name and path.name == name and path.suffix != ".json":  # a bare name (or file name), not a path
+        file_name = name if path.suffix == ".toml" else f"{name}.toml"
         for d in dirs:
-            if (d / f"{name}.toml").is_file():
-                return d / f"{name}.toml"
+            if (d / file_name).is_file():
+                return d / file_name
         for d in dirs:
             for candidate in sorted(d.glob("*.toml")):
                 if _study_name(candidate) == name:
