@@ -23,15 +23,17 @@ def _cmd_gradcheck(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     import shlex
 
+    from bnjax.run._studies import find_config
     from bnjax.run.config import load_config
     from bnjax.run.runner import default_out_dir, run_study
 
     overrides = [o for group in args.set for o in group]
-    config = load_config(args.config, overrides)
+    path = find_config(args.config)  # a path, or a study name (./configs, then the studies shipped with bnjax)
+    config = load_config(path, overrides)
     args.out_dir = Path(args.out) if args.out else default_out_dir(config)
     command = "bnjax " + " ".join(shlex.quote(a) for a in (args.argv or sys.argv[1:]))
     out, summary = run_study(config, args.out_dir, resume=args.resume, progress=not args.quiet, command=command,
-                             source=args.config)
+                             source=path)
     print(f"results: {out}/report.md ({summary['passed']}/{summary['total']} claims PASS)")
     return 0
 
@@ -56,16 +58,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
+    from bnjax.run._studies import default_configs_dir, shipped_configs_dir
     from bnjax.run.config import list_studies
 
-    studies = list_studies(args.configs)
+    directory = args.configs or default_configs_dir()  # ./configs, else the studies shipped with bnjax
+    studies = list_studies(directory) if directory is not None else []
     if not studies:
-        print(f"no configs (*.toml) in {args.configs}")
+        print(f"no configs (*.toml) in {directory or './configs'}")
         return 1
-    width = max(len(s.path) for s in studies)
-    for s in studies:
+    by_name = args.configs is None and directory == shipped_configs_dir()  # shipped: `bnjax run NAME`
+    labels = [s.name if by_name and s.error is None else s.path for s in studies]
+    width = max(map(len, labels))
+    for label, s in zip(labels, studies):
         text = s.description if s.error is None else f"INVALID: {s.error}"
-        print(f"{s.path:<{width}}  {text}")
+        print(f"{label:<{width}}  {text}")
     return 0 if all(s.error is None for s in studies) else 1
 
 
@@ -97,7 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", parents=[common],
                        help="run a study config: train its variants, write metrics, plots and a verdict report")
-    p.add_argument("config", help="the study's TOML file, e.g. configs/quickstart.toml (`bnjax list` shows them)")
+    p.add_argument("config", help="a study name (e.g. quickstart) or a TOML file's path (e.g. configs/quickstart.toml); "
+                                  "`bnjax list` shows the studies")
     p.add_argument("--set", nargs="+", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override config values (TOML literals; bare words are strings), e.g. "
                         "--set train.epochs=2 sweep.seeds=[0,1]; checked like the file")
@@ -121,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("list", parents=[common], help="list the study configs with their one-line descriptions")
-    p.add_argument("--configs", default="configs", help="directory of *.toml configs (default ./configs)")
+    p.add_argument("--configs", default=None,
+                   help="directory of *.toml configs (default ./configs if it has any, else the studies shipped "
+                        "with bnjax)")
     p.set_defaults(func=_cmd_list)
     return parser
 
