@@ -50,7 +50,8 @@ def test_notebook_runs_headless_and_its_checks_pass(tmp_path, monkeypatch):
     spec_dir = tmp_path / "jupyter" / "kernels" / "bnjax-test"
     spec_dir.mkdir(parents=True)
     argv = [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"]
-    (spec_dir / "kernel.json").write_text(json.dumps({"argv": argv, "display_name": "bnjax test", "language": "python"}))
+    kernel = {"argv": argv, "display_name": "bnjax test", "language": "python"}
+    (spec_dir / "kernel.json").write_text(json.dumps(kernel))
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     monkeypatch.setenv("JUPYTER_RUNTIME_DIR", str(tmp_path / "runtime"))
     monkeypatch.setenv("JUPYTER_PLATFORM_DIRS", "1")  # jupyter_core warns about its path migration otherwise
