@@ -722,3 +722,10 @@ def test_public_api_is_reexported():
     assert sorted(data.__all__) == sorted(set(data.__all__))
     for name in data.__all__:
         assert getattr(data, name) is not None
+
+
+def test_prepare_with_no_test_examples():
+    # num_test=0 is allowed by the docstring: an empty, correctly shaped test split.
+    raw = indexed_raw()
+    ds = data.prepare(raw, num_train=15, num_val=10, num_test=0, seed=4, center="train_mean")
+    assert ds.x_test.shape == (0, ds.x_train.shape[1]) and ds.y_test.shape == (0,)

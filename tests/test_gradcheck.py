@@ -45,3 +45,9 @@ def test_gradcheck_layers_all_below_tolerance():
     table = bnjax.format_gradcheck(rows, tol=1e-7)
     assert table.count("PASS") == len(rows) and "FAIL" not in table
     assert bnjax.format_gradcheck(rows, tol=0.0).count("FAIL") >= 1
+
+
+def test_numeric_grad_of_a_transposed_array():
+    # A Fortran-ordered input (a transpose) must be nudged in place like any other: d/dx sum(x**2) = 2x.
+    x = np.arange(6.0).reshape(2, 3).T
+    np.testing.assert_allclose(bnjax.numeric_grad(lambda v: float(np.sum(v**2)), x), 2 * x, rtol=1e-8)

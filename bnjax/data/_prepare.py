@@ -182,7 +182,7 @@ def prepare(
     train_idx, val_idx = perm[:num_train], perm[n - num_val :]
 
     def inputs(x: np.ndarray) -> np.ndarray:
-        x = x.reshape(x.shape[0], -1) if flatten else x
+        x = x.reshape(x.shape[0], int(np.prod(x.shape[1:]))) if flatten else x  # -1 fails for 0 rows
         x = x.astype(np.float32)
         return x * np.float32(scale) if scale is not None else x
 

@@ -21,7 +21,9 @@ def rel_error(a: Any, b: Any) -> float:
 
 
 def _central_difference(f, x, h, combine):
-    x = np.array(x, dtype=np.float64)
+    # C order: reshape(-1) of a transposed (Fortran-ordered) copy would be another copy, and the nudges below
+    # would never reach x.
+    x = np.array(x, dtype=np.float64, order="C")
     grad = np.zeros_like(x)
     flat_x, flat_g = x.reshape(-1), grad.reshape(-1)
     for i in range(flat_x.size):
