@@ -1,9 +1,11 @@
 """Turns a :class:`~bnjax.run.config.StudyConfig` into trained ensembles, saved metrics and a report.
 
 Each variant is one call of :func:`bnjax.train.train_ensemble`: its sweep (seeds x numeric axes) is ONE
-vmapped program; variants differ in structure and compile separately. Metrics are appended to
-``metrics.jsonl`` after every epoch, a finished variant is saved under ``variants/<name>/`` before the next
-starts, and the engine checkpoints every epoch, so ``--resume`` continues a killed run where it stopped.
+vmapped program; variants differ in structure and compile separately. The model is the variant's
+:class:`bnjax.MLPSpec` with the data's sizes, or the :class:`bnjax.Layer` its ``model.factory`` builds. Metrics
+are appended to ``metrics.jsonl`` as the engine reports each epoch (epoch 0 before training), a finished
+variant is saved under ``variants/<name>/`` before the next starts, and the engine checkpoints every epoch
+after reporting it, so ``--resume`` continues a killed run where it stopped and every epoch is logged.
 
 A study's analysis module may define ``post_train(trained: TrainedVariant) -> dict`` to compute numbers that
 need the trained parameters (e.g. recomputed BN statistics); they are saved in ``extras.json`` so that
@@ -27,11 +29,13 @@ from typing import Any
 
 import numpy as np
 
+from bnjax._typing import Layer
 from bnjax.data import Dataset
 from bnjax.nn import MLPSpec
 from bnjax.run.config import (
     ConfigError,
     DataConfig,
+    FactoryModel,
     StudyConfig,
     Variant,
     load_config,
@@ -45,13 +49,12 @@ from bnjax.run.results import (
     is_finished,
     jsonable,
     load_variant,
-    read_metrics,
     save_variant,
     variant_dir,
 )
 from bnjax.train import EnsembleResult, TrainConfig, train_ensemble
 
-__all__ = ["TrainedVariant", "default_out_dir", "load_results", "rebuild_report", "run_study"]
+__all__ = ["TrainedVariant", "build_model", "default_out_dir", "load_results", "rebuild_report", "run_study"]
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -63,17 +66,31 @@ class TrainedVariant:
 
     Attributes:
       variant: the resolved config of the variant.
-      spec: the model that was trained.
+      spec: the model that was trained: the :class:`bnjax.MLPSpec` (sizes from the data) or, for a
+        ``model.factory`` variant, the :class:`bnjax.Layer` the factory returned. Every engine function
+        (``evaluate``, ``recompute_batch_stats``, ...) takes either.
       cfg: the training settings.
       data: the prepared dataset.
       result: the engine's result (``params``/``batch_stats`` carry a leading member axis ``K``).
     """
 
     variant: Variant
-    spec: MLPSpec
+    spec: MLPSpec | Layer
     cfg: TrainConfig
     data: Dataset
     result: EnsembleResult
+
+    @property
+    def model(self) -> MLPSpec | Layer:
+        """The trained model (the same object as ``spec``)."""
+        return self.spec
+
+
+def build_model(variant: Variant, data: Dataset) -> MLPSpec | Layer:
+    """The model of ``variant`` for ``data``: its MLPSpec with the data's sizes, or what its factory builds."""
+    if isinstance(variant.model, FactoryModel):
+        return variant.model.build(data.input_shape, data.num_classes)
+    return variant.model.replace(in_features=data.num_features, num_classes=data.num_classes)
 
 
 def default_out_dir(config: StudyConfig, base: str | Path = "runs") -> Path:
@@ -140,43 +157,31 @@ def _train_variant(
     resume: bool,
     progress: bool,
 ) -> VariantResult:
-    spec = variant.model.spec(data.num_features, data.num_classes)
+    model = build_model(variant, data)
     cfg = variant.train
     members = variant.sweep.members()
+    swept = [{a: members[a][k] for a in members} for k in range(len(members["seed"]))]
     vdir = variant_dir(out, variant.name)
     vdir.mkdir(parents=True, exist_ok=True)
+    built = {"mlp_spec": dataclasses.asdict(model)} if isinstance(model, MLPSpec) else {"layer": model.name}
     (vdir / "spec.json").write_text(json.dumps(jsonable({
-        **variant.to_dict(), "mlp_spec": dataclasses.asdict(spec), "dataset": data.describe(),
-        "preprocessing": dict(data.preprocessing),
+        **variant.to_dict(), **built, "dataset": data.describe(), "preprocessing": dict(data.preprocessing),
     }), indent=1))
     ckpt = out / "checkpoints" / variant.name
-    resolved: list[dict[str, Any]] = []
 
     t0 = time.perf_counter()
-    with EpochBar(variant.name, cfg.epochs, len(members["seed"]), enabled=progress) as bar:
+    with EpochBar(variant.name, cfg.epochs, len(swept), enabled=progress) as bar:
         def callback(epoch: int, metrics: dict[str, np.ndarray]) -> None:
-            k_members = len(members["seed"])
-            log.write([_metric_line(variant.name, k, {a: members[a][k] for a in members}, epoch, metrics)
-                       for k in range(k_members)])
+            log.write([_metric_line(variant.name, k, m, epoch, metrics) for k, m in enumerate(swept)])
             bar.update(epoch, metrics)
 
-        result = train_ensemble(spec, cfg, data, members, callback=callback, checkpoint_dir=str(ckpt),
+        result = train_ensemble(model, cfg, data, members, callback=callback, checkpoint_dir=str(ckpt),
                                 resume=resume)
     resolved = result.members
 
-    # Epoch 0 (before training) and any epoch a crash left unlogged come from the final history.
-    logged = {(r["member"], r["epoch"]) for r in read_metrics(log.path) if r["variant"] == variant.name}
-    missing = []
-    for epoch in range(result.history["train_acc"].shape[1]):
-        values = {m: a[:, epoch] for m, a in result.history.items()}
-        for k in range(len(resolved)):
-            if (k, epoch) not in logged:
-                missing.append(_metric_line(variant.name, k, {a: members[a][k] for a in members}, epoch, values))
-    log.write(missing)
-
     extras: dict[str, Any] = {}
     if module is not None and callable(getattr(module, "post_train", None)):
-        extras = module.post_train(TrainedVariant(variant, spec, cfg, data, result)) or {}
+        extras = module.post_train(TrainedVariant(variant, model, cfg, data, result)) or {}
     wall = time.perf_counter() - t0
     vr = VariantResult(
         name=variant.name, members=resolved, axes=variant.sweep.axes, history=result.history,
@@ -218,6 +223,13 @@ def run_study(
     out = Path(out_dir) if out_dir is not None else default_out_dir(config)
     _check_out_dir(config, out, resume)
     module = load_analysis(config.analysis_path)  # fail before training if the module is missing or broken
+    for variant in config.variants:  # a missing model file or function fails here, before any training
+        if isinstance(variant.model, FactoryModel):
+            try:
+                variant.model.load()
+            except ConfigError as e:
+                raise ConfigError(f"variant {variant.name!r}: {e}") from None
+
     out.mkdir(parents=True, exist_ok=True)
     (out / CONFIG_FILE).write_text(json.dumps(jsonable(resolved_raw(config)), indent=1))
     if source is not None and Path(source).is_file() and Path(source).resolve() != (out / "config.source.toml").resolve():
