@@ -1,10 +1,187 @@
-"""``import bnjax.flax as bnn``: flax.linen ``BatchNorm``/``LayerNorm``/``Dropout`` backed by bnjax.
+"""``flax.linen`` drop-in modules backed by bnjax: ``BatchNorm``, ``LayerNorm``, ``Dropout``.
 
-The modules live in :mod:`bnjax.interop.flax` (see its docstring for what differs from Flax).
+Same constructor and call arguments and the same variables (``params/{scale,bias}``,
+``batch_stats/{mean,var}``, shapes and dtypes) as ``flax.linen``'s classes, so a model switches by changing
+one import and keeps its checkpoints::
+
+    import bnjax.flax as bnn        # instead of: from flax import linen as nn (for these three layers)
+    x = bnn.BatchNorm(use_running_average=not train)(x)
+
+What changes: statistics are computed with the two-pass variance in at least float32 (Flax's default
+``use_fast_variance=True`` formula ``E[x^2] - E[x]^2`` loses digits for offset inputs; the flag is accepted and
+ignored, as is ``force_float32_reductions``); ``axis_name`` statistics are count-weighted (exact for unequal
+masked shards, google/flax#2417); the backward is bnjax's analytic one (``grad="autodiff"`` to switch).
+``axis_index_groups`` is not supported.
 """
 
-from bnjax.interop.flax import BatchNorm as BatchNorm
-from bnjax.interop.flax import Dropout as Dropout
-from bnjax.interop.flax import LayerNorm as LayerNorm
+from __future__ import annotations
 
-__all__ = ["BatchNorm", "Dropout", "LayerNorm"]
+from typing import Any, Callable, Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from bnjax.nn import _checks
+from bnjax.nn._batch_norm import batch_norm
+from bnjax.nn._dropout import dropout
+from bnjax.nn._stats import compute_dtype, normalize_affine, normalize_affine_autodiff
+
+Initializer = Callable[..., Any]
+GRADS = ("analytic", "autodiff")
+
+
+def _no_index_groups(cls: str, axis_index_groups: Any) -> None:
+    if axis_index_groups is not None:
+        raise NotImplementedError(
+            f"bnjax.flax.{cls}: axis_index_groups={axis_index_groups!r} is not supported; use a mesh axis per "
+            f"group (shard_map over a sub-mesh) or flax.linen.{cls}."
+        )
+
+
+def _out_dtype(dtype: Any, *arrays: Any) -> Any:
+    # Flax's rule: the requested dtype, else the promotion of the input with the parameters that exist.
+    return dtype if dtype is not None else jnp.result_type(*arrays)
+
+
+class BatchNorm(nn.Module):
+    """``flax.linen.BatchNorm`` computed by :func:`bnjax.batch_norm` (same fields, call and variables).
+
+    ``y = scale * (x - mean) / sqrt(var + epsilon) + bias`` with batch statistics in training
+    (``use_running_average=False``) and ``new = momentum * old + (1 - momentum) * batch`` for the running
+    ``batch_stats`` (Flax's default ``momentum=0.99``); the running statistics in eval mode. As in Flax, the
+    running statistics are not updated while initialising and ``axis_name`` is not used then; a one-row
+    init batch (``jnp.ones((1, D))``) is normalised with the initial running statistics instead of failing.
+
+    Extra fields (bnjax): ``unbiased_var`` (store ``n/(n-1)`` variance, torch's rule), ``grad``
+    (``"analytic"`` or ``"autodiff"``).
+    """
+
+    use_running_average: bool | None = None
+    axis: int = -1
+    momentum: float = 0.99
+    epsilon: float = 1e-5
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Initializer = nn.initializers.zeros
+    scale_init: Initializer = nn.initializers.ones
+    axis_name: str | None = None
+    axis_index_groups: Any = None
+    use_fast_variance: bool = True
+    force_float32_reductions: bool = True
+    unbiased_var: bool = False
+    grad: str = "analytic"
+
+    @nn.compact
+    def __call__(self, x, use_running_average: bool | None = None, *, mask: Any = None):
+        """Normalises ``x``; ``use_running_average`` may come from the constructor or the call (not both)."""
+        use_ra = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
+        _no_index_groups("BatchNorm", self.axis_index_groups)
+        x = jnp.asarray(x)
+        (feat,) = _checks.normalize_axes("bnjax.flax.BatchNorm", "axis", self.axis, x.ndim)
+        shape = (x.shape[feat],)
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), shape)
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), shape)
+        arrays = [x]
+        if self.use_scale:
+            scale = self.param("scale", self.scale_init, shape, self.param_dtype)
+            arrays.append(scale)
+        else:
+            scale = jnp.ones(shape, self.param_dtype)
+        if self.use_bias:
+            bias = self.param("bias", self.bias_init, shape, self.param_dtype)
+            arrays.append(bias)
+        else:
+            bias = jnp.zeros(shape, self.param_dtype)
+
+        init = self.is_initializing()
+        train = not use_ra and not (init and x.size // shape[0] == 1)
+        y, new = batch_norm(
+            {"scale": scale, "bias": bias}, {"mean": ra_mean.value, "var": ra_var.value}, x, train,
+            axis=feat, momentum=self.momentum, eps=self.epsilon, unbiased_var=self.unbiased_var,
+            axis_name=None if init else self.axis_name, mask=mask, grad=self.grad,
+        )
+        if train and not init:
+            ra_mean.value, ra_var.value = new["mean"], new["var"]
+        return y.astype(_out_dtype(self.dtype, *arrays))
+
+
+class LayerNorm(nn.Module):
+    """``flax.linen.LayerNorm`` computed by bnjax's shared normalization (same fields, call and variables).
+
+    ``y = scale * (x - mean) / sqrt(var + epsilon) + bias`` with the statistics of each sample over
+    ``reduction_axes`` and parameters over ``feature_axes`` (both ``-1`` by default); ``epsilon=1e-6`` as
+    Flax (bnjax's functional :func:`bnjax.layer_norm` defaults to 1e-5). ``mask`` and ``axis_name`` as Flax.
+    Extra field: ``grad`` (``"analytic"`` or ``"autodiff"``).
+    """
+
+    epsilon: float = 1e-6
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    use_bias: bool = True
+    use_scale: bool = True
+    bias_init: Initializer = nn.initializers.zeros
+    scale_init: Initializer = nn.initializers.ones
+    reduction_axes: int | Sequence[int] = -1
+    feature_axes: int | Sequence[int] = -1
+    axis_name: str | None = None
+    axis_index_groups: Any = None
+    use_fast_variance: bool = True
+    force_float32_reductions: bool = True
+    grad: str = "analytic"
+
+    @nn.compact
+    def __call__(self, x, *, mask: Any = None):
+        """Normalises each sample of ``x`` over ``reduction_axes``."""
+        fn = "bnjax.flax.LayerNorm"
+        _no_index_groups("LayerNorm", self.axis_index_groups)
+        _checks.check_choice(fn, "grad", self.grad, GRADS)
+        x = _checks.check_float_input(fn, x)
+        red = _checks.normalize_axes(fn, "reduction_axes", self.reduction_axes, x.ndim)
+        feats = _checks.normalize_axes(fn, "feature_axes", self.feature_axes, x.ndim)
+        pshape = tuple(x.shape[a] for a in feats)
+        bshape = tuple(x.shape[i] if i in feats else 1 for i in range(x.ndim))
+        arrays = [x]
+        cdt = compute_dtype(x.dtype)
+        scale = jnp.ones(bshape, cdt)
+        bias = jnp.zeros(bshape, cdt)
+        if self.use_scale:
+            p = self.param("scale", self.scale_init, pshape, self.param_dtype)
+            arrays.append(p)
+            scale = p.astype(cdt).reshape(bshape)
+        if self.use_bias:
+            p = self.param("bias", self.bias_init, pshape, self.param_dtype)
+            arrays.append(p)
+            bias = p.astype(cdt).reshape(bshape)
+        norm = normalize_affine if self.grad == "analytic" else normalize_affine_autodiff
+        y, _, _ = norm(x.astype(cdt), scale, bias, red, float(self.epsilon), self.axis_name, mask)
+        return y.astype(_out_dtype(self.dtype, *arrays))
+
+
+class Dropout(nn.Module):
+    """``flax.linen.Dropout`` computed by :func:`bnjax.dropout` (same fields, call and random stream).
+
+    ``rate`` is the drop probability; kept units are scaled by ``1 / (1 - rate)``. The key comes from
+    ``rng`` or ``self.make_rng(rng_collection)`` (``"dropout"``), drawn in exactly the cases Flax draws it
+    (not for ``rate`` 0 or 1, nor when deterministic), and the mask is ``bernoulli(key, 1 - rate, shape)``
+    as in Flax, so with the same ``rngs`` the masks are Flax's.
+    """
+
+    rate: float
+    broadcast_dims: Sequence[int] = ()
+    deterministic: bool | None = None
+    rng_collection: str = "dropout"
+
+    @nn.compact
+    def __call__(self, inputs, deterministic: bool | None = None, rng: Any = None):
+        """Drops units of ``inputs`` unless deterministic."""
+        deterministic = nn.merge_param("deterministic", self.deterministic, deterministic)
+        if self.rate == 0.0 or deterministic:
+            return inputs
+        if self.rate == 1.0:
+            return jnp.zeros_like(inputs)
+        if rng is None:
+            rng = self.make_rng(self.rng_collection)
+        y, _ = dropout({}, {}, inputs, True, key=rng, rate=self.rate, broadcast_dims=self.broadcast_dims)
+        return y

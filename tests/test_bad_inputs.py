@@ -181,7 +181,7 @@ CASES = [
          config=patched(train={"epochs": "three"})),
     Case("train.learning_rate negative", ("train.learning_rate", "-1"), config=patched(train={"learning_rate": -1.0})),
     Case("unknown dataset", ("data.name", "'imagenet'", "mnist1d"), config=patched(data={"name": "imagenet"})),
-    Case("data.num_val negative", ("data.num_val", "-1", ">= 0"), config=patched(data={"num_val": -1})),
+    Case("data.num_val negative", ("[data]", "num_val=-1", "outside [0, 119]"), config=patched(data={"num_val": -1})),
     Case("data.loader not a table", ("data.loader", "must be a table"), config=patched(data={"loader": 3})),
     Case("unknown loader option", ("[data]", "unknown loader_options", "bogus", "num_features"),
          config=patched(data={"loader": {"bogus": 1}})),

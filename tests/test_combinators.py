@@ -101,3 +101,89 @@ def test_serial_names_error():
     with pytest.raises(ValueError, match=r"serial: names=\('a', 'a'\) must be 2 distinct strings") as info:
         bnjax.serial(bnjax.Dropout(0.1), bnjax.Dropout(0.1), names=("a", "a"))
     assert_reads_well(str(info.value))
+
+
+def test_options_reach_only_the_layers_that_declare_them(key):
+    seen = {}
+
+    def plain(params, batch_stats, x, train, *, key=None):  # declares no option: gets none
+        return x, batch_stats
+
+    def greedy(params, batch_stats, x, train, *, key=None, **options):  # takes everything
+        seen.update(options)
+        return x, batch_stats
+
+    model = bnjax.serial(bnjax.Layer(lambda k: ({}, {}), plain, "plain"), bnjax.Dropout(0.0),
+                         bnjax.Layer(lambda k: ({}, {}), greedy, "greedy"))
+    x = jnp.ones((4, 1000))
+    y, _ = model.apply({}, {}, x, True, key=key, dropout=0.5, bn_momentum=0.3)
+    assert seen == {"dropout": 0.5, "bn_momentum": 0.3}
+    # The dropout option overrode the layer's rate 0: about half the units are dropped, the rest doubled.
+    assert abs(float(jnp.mean(y == 0)) - 0.5) < 0.02 and set(np.unique(np.asarray(y))) == {0.0, 2.0}
+
+
+def test_layer_options_is_the_union_of_the_parts():
+    from bnjax.nn._combinators import layer_options
+
+    model = bnjax.serial(bnjax.Dense(3, 4), bnjax.BatchNorm(4), bnjax.Dropout(0.1))
+    assert layer_options(model, "init") == {"weight_scale"}
+    assert layer_options(model, "apply") == {"bn_momentum", "bn_average", "bn_unbiased", "axis_name", "dropout"}
+    assert layer_options(bnjax.serial(bnjax.Dense(3, 4)), "apply") == set()
+
+
+def test_batch_norm_options_override_the_constructor(key):
+    layer = bnjax.BatchNorm(3, momentum=0.9)
+    params, stats = layer.init(key)
+    x = jnp.asarray(np.random.RandomState(2).randn(6, 3), jnp.float32)
+    _, new = layer.apply(params, stats, x, True, bn_momentum=0.25)
+    np.testing.assert_allclose(new["mean"], 0.75 * np.asarray(x, np.float64).mean(0), rtol=1e-5, atol=1e-6)
+    _, cum = layer.apply(params, {**stats, "count": jnp.zeros((), jnp.int32)}, x, True, bn_average="cumulative")
+    np.testing.assert_allclose(cum["mean"], np.asarray(x, np.float64).mean(0), rtol=1e-5, atol=1e-6)
+
+
+def test_dense_init_option_weight_scale(key):
+    layer = bnjax.Dense(5, 4, init="normal", weight_scale=1.0)
+    base, _ = layer.init(key)
+    scaled, _ = layer.init(key, weight_scale=0.1)
+    np.testing.assert_allclose(scaled["weight"], 0.1 * np.asarray(base["weight"]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("factory, function, init_name", [
+    (lambda: bnjax.GroupNorm(4, num_groups=2), lambda p, s, x: bnjax.group_norm(p, s, x, True, num_groups=2), "gn"),
+    (lambda: bnjax.RMSNorm(4, eps=1e-5), lambda p, s, x: bnjax.rms_norm(p, s, x, True, eps=1e-5), "rms"),
+    (lambda: bnjax.GhostBatchNorm(4, virtual_batch_size=3),
+     lambda p, s, x: bnjax.ghost_batch_norm(p, s, x, True, virtual_batch_size=3), "bn"),
+    (lambda: bnjax.BatchRenorm(4, rmax=1.5, dmax=0.5),
+     lambda p, s, x: bnjax.batch_renorm(p, s, x, True, rmax=1.5, dmax=0.5), "bn"),
+])
+def test_norm_factories_equal_their_functions(key, factory, function, init_name):
+    layer = factory()
+    params, stats = layer.init(key)
+    assert layer.name == init_name
+    if stats:  # running statistics away from the init, so renorm's r and d act
+        stats = {"mean": stats["mean"] + 0.5, "var": stats["var"] * 3.0}
+    x = jnp.asarray(np.random.RandomState(4).randn(6, 4) * 2 + 1, jnp.float32)
+    y, s = layer.apply(params, stats, x, True)
+    y2, s2 = function(params, stats, x)
+    np.testing.assert_array_equal(y, y2)
+    for a, b in zip(jax.tree_util.tree_leaves(s), jax.tree_util.tree_leaves(s2)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_batch_renorm_schedule_follows_the_step_option(key):
+    layer = bnjax.BatchRenorm(4, rmax=2.0, dmax=1.0, warmup_steps=10, hold_steps=5)
+    params, stats = layer.init(key)
+    stats = {"mean": stats["mean"] + 0.5, "var": stats["var"] * 3.0}
+    x = jnp.asarray(np.random.RandomState(5).randn(6, 4), jnp.float32)
+    for step in (0, 5, 10, 15, 40):
+        rmax, dmax = bnjax.renorm_schedule(step, warmup_steps=10, rmax_final=2.0, dmax_final=1.0, hold_steps=5)
+        want, _ = bnjax.batch_renorm(params, stats, x, True, rmax=rmax, dmax=dmax)
+        got, _ = jax.jit(lambda t: layer.apply(params, stats, x, True, step=t))(step)
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"BatchRenorm: warmup_steps=-1 must be an int >= 0"):
+        bnjax.BatchRenorm(4, warmup_steps=-1)
+
+
+def test_serial_rejects_what_is_not_a_layer():
+    with pytest.raises(TypeError, match=r"serial: argument 1 is a \w+, not a bnjax.Layer; build layers with the factories"):
+        bnjax.serial(bnjax.Dense(2, 2), jnp.tanh)

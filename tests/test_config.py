@@ -44,20 +44,21 @@ def test_parse_resolves_variants_over_the_base_tables():
     assert none.train == TrainConfig(epochs=3, batch_size=25)
     assert bn.train.batch_size == 10 and bn.train.epochs == 3
     assert dict(none.data.options) == {"num_train": 300, "standardize": True}
-    spec = bn.model.spec(40, 10)
-    assert spec == MLPSpec(in_features=40, num_classes=10, hidden=(16, 16), norm="batch", weight_scale=2e-2)
+    # [model] is an MLPSpec whose sizes the data fills in (bnjax.run.runner.build_model).
+    assert bn.model == MLPSpec(in_features=None, num_classes=None, hidden=(16, 16), norm="batch", weight_scale=2e-2)
     with pytest.raises(dataclasses.FrozenInstanceError):
         none.model.norm = "layer"  # type: ignore[misc]
 
 
-def test_model_section_mirrors_mlpspec_fields_except_data_sizes():
+def test_model_section_is_mlpspec_without_the_data_sizes():
     cfg = parse_config({"study": {"name": "x"}})
-    model_fields = {f.name for f in dataclasses.fields(cfg.variants[0].model)}
     spec_fields = {f.name for f in dataclasses.fields(MLPSpec)}
-    assert model_fields == spec_fields - {"in_features", "num_classes"}
+    assert set(cfg.variants[0].to_dict()["model"]) == spec_fields - {"in_features", "num_classes"}
     # Defaults come from MLPSpec and TrainConfig themselves.
-    assert cfg.variants[0].model.spec(7, 3) == MLPSpec(in_features=7, num_classes=3)
+    assert cfg.variants[0].model == MLPSpec(in_features=None, num_classes=None)
     assert cfg.variants[0].train == TrainConfig()
+    with pytest.raises(ConfigError, match=r"model\.in_features is not a known key; valid keys in \[model\]: hidden, norm"):
+        parse_config({"study": {"name": "x"}, "model": {"in_features": 3}})
 
 
 def test_no_variants_gives_one_named_after_the_study():
@@ -78,7 +79,9 @@ def test_sweep_members_are_the_cartesian_product_with_seed_fastest():
 @pytest.mark.parametrize(
     ("override", "match"),
     [
-        ("model.norm=bn", r"model\.norm = 'bn' is not a valid option; use one of \('none', 'batch', 'layer'\)"),
+        ("model.norm=bn", (r"model\.norm = 'bn' is not a valid option; use one of \('none', 'batch', 'layer', 'group', "
+                           r"'rms', 'ghost', 'renorm'\)")),
+        ("model.norm_position=middle", r"model\.norm_position = 'middle' is not a valid option; use one of \('before'"),
         ("model.norms=batch", r"model\.norms is not a known key; valid keys in \[model\]: hidden, norm, dropout"),
         ("train.epochs=2.5", r"train\.epochs = 2\.5 has the wrong type: expected an integer"),
         ("train.learning_rate=-1", r"train\.learning_rate = -1\.0 must be a positive number"),
@@ -87,17 +90,21 @@ def test_sweep_members_are_the_cartesian_product_with_seed_fastest():
         ("model.hidden=10", r"model\.hidden = 10 has the wrong type: expected a list of integers"),
         ("model.bn_unbiased=1", r"model\.bn_unbiased = 1 has the wrong type: expected a boolean"),
         ("model.dropout=1.0", r"model\.dropout = 1\.0 is the drop probability and must be in \[0, 1\)"),
-        ("sweep.dropout=[0.5, 1.5]", (r"sweep\.dropout = \[0\.5, 1\.5\]: the value 1\.5 is out of range; each must "
-                                      r"be in \[0, 1\)")),
-        ("sweep.weight_scale=[0.0]", r"sweep\.weight_scale = \[0\.0\]: the value 0\.0 is out of range; each must be > 0"),
+        ("sweep.dropout=[0.5, 1.5]", (r"sweep\.dropout = \[0\.5, 1\.5\] holds 1\.5, which is out of range: each "
+                                      r"value must be in \[0, 1\)")),
+        ("sweep.weight_scale=[0.0]", r"sweep\.weight_scale = \[0\.0\] holds 0\.0, which is out of range: each value must be > 0"),
         ("sweep.seeds=[]", r"sweep\.seeds = \[\] must list at least one seed"),
         ("sweep.seeds=[1, 1]", r"sweep\.seeds = \[1, 1\] must be distinct ints >= 0"),
         ("sweep.keep=[0.5]", r"sweep\.keep is not a known key; valid keys in \[sweep\]: seeds, weight_scale, dropout"),
         ("data.name=cifar", r"data\.name = 'cifar' is not a known dataset; use one of cifar10, digits, fashion_mnist"),
-        ("data.num_train=0", r"data\.num_train = 0 is out of range; it must be >= 1"),
+        ("data.num_train=x", r"data\.num_train = 'x' is not valid: expected an integer"),
         ("data.shuffle=true", r"data\.shuffle is not a known key; valid keys in \[data\]: name, root, loader, num_train"),
         ("study.name='a b'", r"study\.name = 'a b' must be a non-empty word"),
-        ("variants.bn.model.norm=group", r"variants\[1\] \(bn\): model\.norm = 'group' is not a valid option"),
+        ("variants.bn.model.norm=grp", r"variants\[1\] \(bn\): model\.norm = 'grp' is not a valid option"),
+        ("model.norm=group", r"model\.groups = None is unset: norm='group' needs groups \(the number of groups\) or "
+                             r"group_size"),
+        ("model.groups=0", r"model\.groups = 0 must be a positive int"),
+        ("model.renorm_rmax=0.5", r"model\.renorm_rmax = 0\.5 must be a number >= 1"),
     ],
 )
 def test_errors_name_the_key_the_value_and_the_choices(override, match):
@@ -172,10 +179,10 @@ def test_load_config_resolves_analysis_against_the_project_root_and_round_trips(
 
 def test_list_studies_reports_descriptions_and_invalid_files(tmp_path):
     (tmp_path / "a.toml").write_text('[study]\nname = "a"\ndescription = "first study"\n')
-    (tmp_path / "b.toml").write_text('[study]\nname = "b"\n[model]\nnorm = "group"\n')
+    (tmp_path / "b.toml").write_text('[study]\nname = "b"\n[model]\nnorm = "grp"\n')
     rows = list_studies(tmp_path)
     assert [(r.name, r.description, r.error is None) for r in rows] == [("a", "first study", True), ("b", "", False)]
-    assert "model.norm = 'group'" in rows[1].error
+    assert "model.norm = 'grp'" in rows[1].error
 
 
 def test_every_shipped_config_parses_and_opens_with_its_command():
@@ -192,3 +199,87 @@ def test_every_shipped_config_parses_and_opens_with_its_command():
             assert len(v.sweep.seeds) >= 3, (path, v.name)
     ws = load_config(REPO / "configs" / "weight_scale.toml").variants[0].sweep.weight_scale
     np.testing.assert_allclose(ws, np.logspace(-4, 0, 20), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------- every normalizer
+
+@pytest.mark.parametrize("model, check", [
+    ({"norm": "group", "groups": 4}, {"groups": 4}),
+    ({"norm": "group", "group_size": 8}, {"group_size": 8}),
+    ({"norm": "rms", "ln_eps": 1e-6}, {"ln_eps": 1e-6}),
+    ({"norm": "ghost", "virtual_batch_size": 5, "bn_momentum": 0.8}, {"virtual_batch_size": 5, "bn_momentum": 0.8}),
+    ({"norm": "renorm", "renorm_rmax": 2.0, "renorm_dmax": 1.0, "renorm_warmup_steps": 100, "renorm_hold_steps": 10},
+     {"renorm_rmax": 2.0, "renorm_dmax": 1.0, "renorm_warmup_steps": 100, "renorm_hold_steps": 10}),
+    ({"norm": "layer", "norm_position": "after"}, {"norm_position": "after"}),
+])
+def test_every_norm_and_its_keys_parse(model, check):
+    cfg = parse_config({**BASE, "model": {**BASE["model"], **model}, "variants": [{"name": "a"}]})
+    spec = cfg.variants[0].model
+    assert spec.norm == model["norm"] and all(getattr(spec, k) == v for k, v in check.items())
+
+
+def test_ghost_batch_must_divide_the_training_batch():
+    raw = {**BASE, "model": {"norm": "ghost", "virtual_batch_size": 5}}
+    assert parse_config(raw).variants[0].model.virtual_batch_size == 5  # batch 25
+    with pytest.raises(ConfigError, match=r"variants\[0\] \(none\): model\.virtual_batch_size = 5 does not divide "
+                                          r"train\.batch_size = 12 .*; use one of \[2, 3, 4, 6, 12\]"):
+        parse_config(apply_overrides(raw, ["variants.none.train.batch_size=12"]))
+    with pytest.raises(ConfigError, match=r"model\.virtual_batch_size = None is unset: norm='ghost' needs"):
+        parse_config({**BASE, "model": {"norm": "ghost"}})
+
+
+# ------------------------------------------------------------------------------------------- model.factory
+
+FACTORY = """\
+import bnjax
+
+def build(input_shape, num_classes, *, width=4):
+    return bnjax.serial(bnjax.Dense(input_shape[-1], width), bnjax.Dense(width, num_classes))
+
+def anything(**options):
+    return bnjax.Dense(options["input_shape"][-1], options["num_classes"])
+
+def broken(input_shape, num_classes):
+    return {"init": None}
+
+def needs(input_shape, num_classes, depth):
+    return bnjax.Dense(input_shape[-1], num_classes)
+"""
+
+
+def _factory_config(tmp_path, factory, **options):
+    (tmp_path / "models").mkdir(exist_ok=True)
+    (tmp_path / "models" / "m.py").write_text(FACTORY)
+    return parse_config({"study": {"name": "f"}, "model": {"factory": factory, **options}}, root=tmp_path)
+
+
+def test_factory_builds_a_layer_from_the_data_sizes_and_the_table(tmp_path):
+    from bnjax.run.config import FactoryModel
+
+    cfg = _factory_config(tmp_path, "models/m.py:build", width=6)
+    model = cfg.variants[0].model
+    assert isinstance(model, FactoryModel) and model.path == (tmp_path / "models" / "m.py").resolve()
+    assert cfg.variants[0].to_dict()["model"] == {"factory": "models/m.py:build", "width": 6}
+    layer = model.build((5,), 3)
+    params, _ = layer.init(__import__("jax").random.key(0))
+    assert params["dense_0"]["weight"].shape == (6, 5) and params["dense_1"]["weight"].shape == (3, 6)
+    anything = _factory_config(tmp_path, "models/m.py:anything").variants[0].model.build((7,), 2)
+    assert anything.init(__import__("jax").random.key(0))[0]["weight"].shape == (2, 7)
+    # The saved config (config.json) holds the absolute path, so it loads from anywhere.
+    assert resolved_raw(cfg)["model"]["factory"] == f"{(tmp_path / 'models' / 'm.py').resolve()}:build"
+
+
+@pytest.mark.parametrize("factory, options, match", [
+    ("models/m.py", {}, r"model\.factory = 'models/m\.py' must name a Python file and a function in it"),
+    ("models/none.py:build", {}, r"model\.factory = 'models/none\.py:build': no file .*none\.py \(a relative path is "
+                                 r"taken from the project root"),
+    ("models/m.py:nope", {}, r"m\.py defines no function 'nope'; it defines anything, broken, build, needs"),
+    ("models/m.py:build", {"depth": 2}, r"model\.depth is not an argument of build\(input_shape, num_classes, \*, "
+                                        r"width=4\); valid keys in \[model\] besides factory: width"),
+    ("models/m.py:build", {"num_classes": 2}, r"model\.num_classes comes from the data"),
+    ("models/m.py:needs", {}, r"needs\(\) needs the argument 'depth'; set model\.depth"),
+    ("models/m.py:broken", {}, r"broken\(\) returned a dict, not a bnjax\.Layer"),
+])
+def test_factory_errors_name_the_key(tmp_path, factory, options, match):
+    with pytest.raises(ConfigError, match=match):
+        _factory_config(tmp_path, factory, **options).variants[0].model.build((5,), 3)

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bnjax.nn._mlp import MLPSpec, mlp_apply
+from bnjax import MLPSpec, mlp
 from bnjax.train import TrainConfig, init_train_state, make_data_parallel_step, make_train_step
 
 SCRIPT = textwrap.dedent(
@@ -29,10 +29,9 @@ SCRIPT = textwrap.dedent(
     import numpy as np
     import optax
 
-    from bnjax.nn._mlp import MLPSpec, mlp_apply
-    from bnjax.train import TrainConfig, init_train_state, make_data_parallel_step, make_train_step
-    from bnjax.train._parallel import make_data_parallel_ensemble_step
-    from bnjax.train._step import _dropout_key
+    from bnjax import MLPSpec, mlp
+    from bnjax.train import (TrainConfig, init_train_state, make_data_parallel_ensemble_step, make_data_parallel_step,
+                             make_train_step)
 
     assert jax.device_count() == 4, jax.devices()
     mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
@@ -90,7 +89,7 @@ SCRIPT = textwrap.dedent(
               for k, v in stats.items()}
 
     def shard_loss(params, x, y, key=None, rate=0.0):
-        logits, _ = mlp_apply(params, g0.batch_stats, x, True, spec=spec, key=key, dropout=rate)
+        logits, _ = mlp(spec).apply(params, g0.batch_stats, x, True, key=key, dropout=rate)
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
     loss_grad = jax.jit(jax.value_and_grad(shard_loss))
@@ -110,7 +109,8 @@ SCRIPT = textwrap.dedent(
     dspec = spec.replace(dropout=0.4)
     q0 = init_train_state(dspec, sgd, seed=3)
     q1, qm = make_data_parallel_step(dspec, sgd, 10, mesh, sync_bn=False)(q0, (xs[0], ys[0]))
-    k = _dropout_key(q0)
+    # The documented dropout stream (bnjax/train/_step.py): fold_in(fold_in(member key, DROPOUT=3), step).
+    k = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(q0.key), 3), q0.step)
     keyed = [(xs[0][d * 4:(d + 1) * 4], ys[0][d * 4:(d + 1) * 4], jax.random.fold_in(k, d)) for d in range(D)]
     dloss, dgrads = zip(*[loss_grad(q0.params, x, y, kk, 0.4) for x, y, kk in keyed])
     dloss = np.mean(dloss)
@@ -229,7 +229,7 @@ def test_one_device_mesh_equals_train_step():
         np.testing.assert_allclose(u, v, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(ma["loss"], mb["loss"], rtol=1e-6)
     # Independent check of the loss: softmax CE of the single-device forward.
-    logits, _ = mlp_apply(s0.params, s0.batch_stats, x, True, spec=spec)
+    logits, _ = mlp(spec).apply(s0.params, s0.batch_stats, x, True)
     ce = -jax.nn.log_softmax(logits)[jnp.arange(6), y].mean()
     np.testing.assert_allclose(ma["loss"], ce, rtol=1e-6)
 

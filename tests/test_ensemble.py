@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from train_helpers import TOY_CFG, TOY_SPEC, toy_data
 
-from bnjax.train import TrainConfig, resolve_members, train_ensemble
+from bnjax.train import Member, TrainConfig, resolve_members, train_ensemble
 
 MEMBERS = {
     "seed": [0, 1, 2],
@@ -72,17 +72,33 @@ def test_diverging_member_is_frozen_and_isolated(shared):
     ({"seeds": [0]}, r"members has unknown keys \['seeds'\]; valid keys are"),
     ({"seed": [0, 1], "dropout": [0.1]}, r"one common length, got lengths \{'seed': 2, 'dropout': 1\}"),
     ({"dropout": [1.0]}, r"members\['dropout'\]\[0\]=1.0 must be in \[0, 1\)"),
-    ({"learning_rate": [0.1, -1.0]}, r"members\['learning_rate'\]\[1\]=-1.0 must be positive"),
+    ({"learning_rate": [0.1, -1.0]}, r"members\['learning_rate'\]\[1\]=-1.0 must be > 0"),
     ({"seed": [1.5]}, r"members\['seed'\]\[0\]=1.5 must be an int >= 0"),
     ({"bn_momentum": [float("nan")]}, r"must be a finite number"),
+    ([{"seed": 0}], r"members must be a dict of equal-length lists .* or a non-empty list of bnjax.train.Member"),
 ])
 def test_member_validation(members, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, TypeError), match=match):
         train_ensemble(TOY_SPEC, TOY_CFG, toy_data(), members)
 
 
 def test_missing_member_keys_take_defaults():
     resolved = resolve_members(TOY_SPEC, TOY_CFG.replace(seed=7), {"learning_rate": [0.1, 0.2]})
     assert resolved == [
-        {"seed": 7, "weight_scale": 0.3, "dropout": 0.0, "learning_rate": lr, "bn_momentum": 0.9} for lr in (0.1, 0.2)
+        Member(seed=7, weight_scale=0.3, dropout=0.0, learning_rate=lr, bn_momentum=0.9) for lr in (0.1, 0.2)
     ]
+    # A list of Member is the same request; unset options take the spec's values.
+    assert resolve_members(TOY_SPEC, TOY_CFG, [Member(seed=7, learning_rate=lr) for lr in (0.1, 0.2)]) == resolved
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("seed", -1, r"Member: seed=-1 must be an int >= 0"),
+    ("dropout", 1.0, r"Member: dropout=1.0 must be in \[0, 1\)"),
+    ("bn_momentum", 2.0, r"Member: bn_momentum=2.0 must be in \[0, 1\]"),
+    ("weight_scale", 0.0, r"Member: weight_scale=0.0 must be > 0"),
+    ("learning_rate", float("inf"), r"Member: learning_rate=inf must be a finite number"),
+])
+def test_member_is_validated_once_at_construction(field, value, match):
+    with pytest.raises(ValueError, match=match):
+        Member(**{field: value})
+    assert Member(seed=3, dropout=0.5).to_dict() == {"seed": 3, "learning_rate": 1e-3, "dropout": 0.5}

@@ -42,9 +42,9 @@ def test_gradcheck_layers_all_below_tolerance():
               f"{r.autodiff_vs_numeric:.2e}")
         assert r.analytic_vs_autodiff <= 1e-10, r
         assert r.worst <= 1e-7, r
-    table = bnjax.format_gradcheck(rows, tol=1e-7)
+    table = bnjax.nn.format_gradcheck(rows, tol=1e-7)
     assert table.count("PASS") == len(rows) and "FAIL" not in table
-    assert bnjax.format_gradcheck(rows, tol=0.0).count("FAIL") >= 1
+    assert bnjax.nn.format_gradcheck(rows, tol=0.0).count("FAIL") >= 1
 
 
 def test_numeric_grad_of_a_transposed_array():

@@ -6,14 +6,15 @@ import numpy as np
 import pytest
 from mlp_reference import mlp_forward
 
-from bnjax import MLPSpec, mlp_init
+import bnjax
+from bnjax import MLPSpec, mlp
 from bnjax.train import recompute_batch_stats
 
 SPEC = MLPSpec(in_features=5, hidden=(7, 6), num_classes=3, norm="batch", weight_scale=0.5)
 
 
 def _model(key, spec=SPEC):
-    params, stats = mlp_init(key, spec)
+    params, stats = mlp(spec).init(key)
     rng = np.random.default_rng(0)
     for name in ("bn_0", "bn_1"):  # non-trivial affine parameters so layer 1's input depends on them
         params[name] = {"scale": jnp.asarray(1 + 0.5 * rng.standard_normal(params[name]["scale"].shape), jnp.float32),
@@ -85,3 +86,32 @@ def test_errors(key):
         recompute_batch_stats(SPEC, params, stats, x, batch_size=5, dropout=0.3)
     with pytest.raises(ValueError, match=r"expected \(N, 5\)"):
         recompute_batch_stats(SPEC, params, stats, x[:, :4])
+
+
+def test_layer_model_with_ghost_batch_norm(key):
+    """Any Layer: statistics of a ghost BN inside serial are the average over batches of the mean ghost
+    statistics (NumPy), and the input keeps its example shape."""
+    def flatten(params, batch_stats, x, train, *, key=None):
+        return x.reshape(x.shape[0], -1), batch_stats
+
+    model = bnjax.serial(bnjax.Layer(lambda k: ({}, {}), flatten, "flatten"), bnjax.Dense(6, 4, use_bias=False),
+                         bnjax.GhostBatchNorm(4, virtual_batch_size=2), bnjax.Activation(jnp.tanh), bnjax.Dense(4, 3))
+    params, stats = model.init(key)
+    x = np.random.default_rng(6).standard_normal((12, 2, 3)).astype(np.float32)
+    got = recompute_batch_stats(model, params, stats, x, batch_size=4)
+    h = x.reshape(12, 6).astype(np.float64) @ np.asarray(params["dense_0"]["weight"], np.float64).T
+    ghosts = h.reshape(3, 2, 2, 4)  # 3 batches of 4 rows = 2 ghost batches of 2 rows each
+    np.testing.assert_allclose(got["bn_0"]["mean"], ghosts.mean(axis=2).mean(axis=(0, 1)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got["bn_0"]["var"], ghosts.var(axis=2).mean(axis=(0, 1)), rtol=1e-5, atol=1e-6)
+
+
+def test_layer_without_batch_norm_options_is_refused(key):
+    def init(k):
+        return {}, {"mean": jnp.zeros(3), "var": jnp.ones(3)}
+
+    def apply(params, batch_stats, x, train, *, key=None):
+        return x, batch_stats
+
+    with pytest.raises(ValueError, match=r"the model's layers take no 'bn_average' option"):
+        recompute_batch_stats(bnjax.Layer(init, apply, "mine"), {}, init(key)[1], np.zeros((8, 3), np.float32),
+                              batch_size=4)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import bnjax
-from bnjax.nn._stats import compute_dtype, group_count
+from bnjax.nn._stats import compute_dtype, group_count, normalize_affine_autodiff
 import reference as ref
 
 from reference import jit_vjp
@@ -20,7 +20,7 @@ rng = np.random.RandomState(0)
 )
 def test_compute_stats_matches_numpy(shape, axes):
     x = 3 * rng.randn(*shape) + 2
-    mean, var, count = bnjax.compute_stats(jnp.asarray(x, jnp.float32), axes)
+    mean, var, count = bnjax.nn.compute_stats(jnp.asarray(x, jnp.float32), axes)
     keep = tuple(1 if i in axes else d for i, d in enumerate(shape))
     assert mean.shape == var.shape == count.shape == keep
     assert mean.dtype == var.dtype == jnp.float32
@@ -32,7 +32,7 @@ def test_compute_stats_matches_numpy(shape, axes):
 def test_compute_stats_mask_leaves_entries_out():
     x = rng.randn(7, 3)
     mask = np.array([1, 1, 0, 1, 0, 1, 1], bool)[:, None]
-    mean, var, count = bnjax.compute_stats(jnp.asarray(x, jnp.float32), (0,), mask=jnp.asarray(mask))
+    mean, var, count = bnjax.nn.compute_stats(jnp.asarray(x, jnp.float32), (0,), mask=jnp.asarray(mask))
     kept = x[mask[:, 0]]
     np.testing.assert_allclose(mean[0], kept.mean(0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(var[0], kept.var(0), rtol=1e-5)
@@ -46,7 +46,7 @@ def test_compute_stats_axis_name_is_count_weighted():
     valid = np.array([[1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 0]], bool)
 
     def local(xb, mb):
-        return bnjax.compute_stats(xb, (0,), axis_name="dev", mask=mb[:, None])
+        return bnjax.nn.compute_stats(xb, (0,), axis_name="dev", mask=mb[:, None])
 
     mean, var, count = jax.vmap(local, axis_name="dev")(jnp.asarray(x, jnp.float32), jnp.asarray(valid))
     rows = x[valid]
@@ -60,7 +60,7 @@ def test_compute_stats_axis_name_is_count_weighted():
 
 def test_two_pass_variance_survives_large_offset():
     x = 1e4 + np.random.RandomState(1).randn(256, 4)
-    _, var, _ = bnjax.compute_stats(jnp.asarray(x, jnp.float32), (0,))
+    _, var, _ = bnjax.nn.compute_stats(jnp.asarray(x, jnp.float32), (0,))
     x32 = x.astype(np.float32).astype(np.float64)  # the values the float32 input actually holds
     np.testing.assert_allclose(var[0], x32.var(0), rtol=1e-4)
 
@@ -70,7 +70,7 @@ def test_low_precision_input_accumulates_in_float32():
     assert compute_dtype(jnp.float16) == jnp.float32
     assert compute_dtype(jnp.float32) == jnp.float32
     x = jnp.asarray(rng.randn(64, 3) + 5, jnp.bfloat16)
-    mean, var, count = bnjax.compute_stats(x, (0,))
+    mean, var, count = bnjax.nn.compute_stats(x, (0,))
     assert mean.dtype == var.dtype == count.dtype == jnp.float32
     xf = np.asarray(x.astype(jnp.float32), np.float64)
     np.testing.assert_allclose(mean[0], xf.mean(0), rtol=1e-6)
@@ -107,8 +107,8 @@ def test_normalize_affine_forward_and_all_cotangents(x64, shape):
     dmean, dvar = r.randn(*keep), r.randn(*keep)
     cts = (jnp.asarray(dy), jnp.asarray(dmean), jnp.asarray(dvar))
 
-    (y, mean, var), g_an = jit_vjp(lambda *a: bnjax.normalize_affine(*a, axes, 1e-5), (x, scale, bias), cts)
-    (y_ad, _, _), g_ad = jit_vjp(lambda *a: bnjax.normalize_affine_autodiff(*a, axes, 1e-5), (x, scale, bias), cts)
+    (y, mean, var), g_an = jit_vjp(lambda *a: bnjax.nn.normalize_affine(*a, axes, 1e-5), (x, scale, bias), cts)
+    (y_ad, _, _), g_ad = jit_vjp(lambda *a: normalize_affine_autodiff(*a, axes, 1e-5), (x, scale, bias), cts)
 
     out_ref, cache, _, _ = ref.batchnorm_forward(
         x, scale.reshape(c), bias.reshape(c), {"mode": "train", "running_mean": 0.0, "running_var": 1.0}
@@ -134,8 +134,8 @@ def test_normalize_affine_mask_vjp_matches_autodiff(x64):
     def run(fn):
         return jit_vjp(lambda *a: fn(*a, (0,), 1e-5, None, mask), (x, scale, bias), cts)
 
-    (y, mean, _), g_an = run(bnjax.normalize_affine)
-    (y_ad, _, _), g_ad = run(bnjax.normalize_affine_autodiff)
+    (y, mean, _), g_an = run(bnjax.nn.normalize_affine)
+    (y_ad, _, _), g_ad = run(normalize_affine_autodiff)
     np.testing.assert_allclose(mean[0], np.asarray(x)[np.asarray(mask[:, 0])].mean(0), rtol=1e-13)
     np.testing.assert_allclose(y, y_ad, rtol=1e-14)
     for a, b in zip(g_an, g_ad):
@@ -156,8 +156,8 @@ def test_normalize_affine_axis_name_under_vmap(x64):
 
         return jit_vjp(f, (x, scale, bias), dy)
 
-    y, g_an = sync(bnjax.normalize_affine)
-    y_ad, g_ad = sync(bnjax.normalize_affine_autodiff)
+    y, g_an = sync(bnjax.nn.normalize_affine)
+    y_ad, g_ad = sync(normalize_affine_autodiff)
     out_ref, cache, _, _ = ref.batchnorm_forward(
         np.asarray(x).reshape(12, 5), scale[0], bias[0], {"mode": "train", "running_mean": 0.0, "running_var": 1.0}
     )
@@ -182,7 +182,7 @@ def test_ema_rule_matches_closed_form_after_k_steps():
     stats = init
     for mu, var in zip(means, vars_):
         mu, var = jnp.asarray(mu, jnp.float32), jnp.asarray(var, jnp.float32)
-        stats = bnjax.update_running_stats(stats, mu, var, momentum=0.8)
+        stats = bnjax.nn.update_running_stats(stats, mu, var, momentum=0.8)
     np.testing.assert_allclose(stats["mean"], ref.ema_closed_form(init["mean"], means, 0.8), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats["var"], ref.ema_closed_form(init["var"], vars_, 0.8), rtol=1e-5)
     assert stats["mean"].dtype == stats["var"].dtype == jnp.float32
@@ -191,7 +191,7 @@ def test_ema_rule_matches_closed_form_after_k_steps():
 def test_ema_momentum_may_be_traced():
     stats = {"mean": jnp.zeros(2), "var": jnp.ones(2)}
     moms = jnp.asarray([0.0, 0.5, 0.9, 1.0])
-    out = jax.vmap(lambda m: bnjax.update_running_stats(stats, jnp.ones(2) * 4, jnp.ones(2) * 3, momentum=m))(moms)
+    out = jax.vmap(lambda m: bnjax.nn.update_running_stats(stats, jnp.ones(2) * 4, jnp.ones(2) * 3, momentum=m))(moms)
     np.testing.assert_allclose(out["mean"][:, 0], 4 * (1 - np.asarray(moms)), rtol=1e-6)
     np.testing.assert_allclose(out["var"][:, 0], np.asarray(moms) + 3 * (1 - np.asarray(moms)), rtol=1e-6)
 
@@ -202,7 +202,7 @@ def test_cumulative_rule_is_plain_mean_and_counts():
     means = [r.randn(3) for _ in range(5)]
     vars_ = [r.rand(3) for _ in range(5)]
     for mu, var in zip(means, vars_):
-        stats = bnjax.update_running_stats(stats, jnp.asarray(mu), jnp.asarray(var), average="cumulative")
+        stats = bnjax.nn.update_running_stats(stats, jnp.asarray(mu), jnp.asarray(var), average="cumulative")
     np.testing.assert_allclose(stats["mean"], np.mean(means, 0), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats["var"], np.mean(vars_, 0), rtol=1e-5)
     assert int(stats["count"]) == 5 and stats["count"].dtype == jnp.int32

@@ -1,4 +1,5 @@
-"""The training step, optimizers, schedules, TrainConfig checks and a single-model train_ensemble run."""
+"""The training step, optimizers, schedules, TrainConfig checks, single-model train_ensemble runs, and any
+Layer (not only an MLPSpec) through the engine."""
 
 import dataclasses
 
@@ -10,7 +11,8 @@ import pytest
 from mlp_reference import mlp_forward, softmax_cross_entropy
 from train_helpers import TOY_CFG, TOY_SPEC, toy_data
 
-from bnjax import mlp_apply
+import bnjax
+from bnjax import mlp
 from bnjax.train import (
     TrainConfig,
     init_ensemble,
@@ -127,11 +129,10 @@ def test_single_model_run_history_and_callback():
     assert set(r.history) == names
     assert all(v.shape == (1, 3) for v in r.history.values())
     assert r.loss_history.shape == (1, 2 * 4) and r.steps_per_epoch == 4
-    assert [e for e, _, _ in seen] == [1, 2] and seen[0][2] == (1,)
-    assert "loss" in seen[0][1] and "val_acc_precise" in seen[0][1]
+    assert [e for e, _, _ in seen] == [0, 1, 2] and seen[0][2] == (1,)  # epoch 0 reported before training
+    assert "loss" not in seen[0][1] and "loss" in seen[1][1] and "val_acc_precise" in seen[1][1]
     assert r.diverged_step.tolist() == [-1]
     assert r.members == [{"seed": 0, "weight_scale": 0.3, "dropout": 0.0, "learning_rate": 1e-2, "bn_momentum": 0.9}]
-    assert r.history["train_acc"][0, -1] > 0.8  # blobs are easy
     assert r.history["train_loss"][0, -1] < r.history["train_loss"][0, 0]
     assert jax.tree.leaves(r.params)[0].shape[0] == 1
     # Epoch-0 accuracy is the eval-mode accuracy of the initial model on the fixed train subset.
@@ -165,10 +166,13 @@ def test_data_errors():
 
 
 def test_shared_batch_step_equals_vmapped_step():
-    """The one-matmul first layer gives the vmapped per-member step's results (also with dropout and with
-    no hidden layer, where dense_0 is the output layer with a bias)."""
+    """The one-matmul first layer gives the vmapped per-member step's results (also with dropout, with no
+    hidden layer, where dense_0 is the output layer with a bias, and for a serial Layer that starts with Dense)."""
     batch = _batch()
-    for spec, drop in ((TOY_SPEC.replace(dropout=0.3, hidden=(8,)), True), (TOY_SPEC.replace(hidden=(), norm="none"), False)):
+    layer = bnjax.serial(bnjax.Dense(6, 8, use_bias=False), bnjax.BatchNorm(8), bnjax.Activation(jnp.tanh),
+                         bnjax.Dropout(0.2), bnjax.Dense(8, 3))
+    for spec, drop in ((TOY_SPEC.replace(dropout=0.3, hidden=(8,)), True),
+                       (TOY_SPEC.replace(hidden=(), norm="none"), False), (layer, True)):
         members = resolve_members(spec, TOY_CFG, {"seed": [0, 1, 2], "learning_rate": [1e-2, 1e-3, 3e-2]})
         states = init_ensemble(spec, TOY_CFG, members)
         fast = jax.jit(make_shared_batch_ensemble_step(spec, TOY_CFG, 4, use_dropout=drop))
@@ -191,7 +195,7 @@ def test_nonfinite_parameter_hidden_by_relu_is_detected():
     x = jnp.abs(x) + 0.1  # positive inputs: unit 0 gets -inf pre-activation for every example
     w = state.params["dense_0"]["weight"].at[0, :].set(-jnp.inf)
     bad = state._replace(params={**state.params, "dense_0": {**state.params["dense_0"], "weight": w}})
-    logits, _ = jax.jit(lambda p: mlp_apply(p, {}, x, True, spec=spec))(bad.params)
+    logits, _ = jax.jit(lambda p: mlp(spec).apply(p, {}, x, True))(bad.params)
     assert np.all(np.isfinite(logits))  # the ReLU hides it from the loss ...
     new, m = step(bad, (x, y))
     assert int(new.diverged_step) == 0 and np.isnan(float(m["loss"]))  # ... not from the sentinel
@@ -207,3 +211,91 @@ def test_empty_validation_split_gives_nan_metrics():
     r = train_ensemble(TOY_SPEC, TOY_CFG, data)
     assert np.all(np.isnan(r.history["val_acc"])) and np.all(np.isfinite(r.history["test_acc"]))
     assert r.to_json()["history"]["val_loss"] == [[None, None, None]]
+
+
+# ------------------------------------------------------------------------------------------ any normalizer
+
+NORM_SPECS = {
+    "none": {}, "batch": {}, "layer": {}, "rms": {},
+    "group": {"groups": 2},
+    "ghost": {"virtual_batch_size": 4},
+    "renorm": {"renorm_warmup_steps": 2, "renorm_hold_steps": 1},
+}
+
+
+@pytest.mark.parametrize("norm", sorted(NORM_SPECS))
+def test_every_normalizer_trains(norm):
+    spec = TOY_SPEC.replace(norm=norm, norm_position="after" if norm == "group" else "before",
+                            **NORM_SPECS[norm])
+    r = train_ensemble(spec, TOY_CFG.replace(epochs=1, precise_bn_batches=2), toy_data(), {"seed": [0, 1]})
+    assert np.all(np.isfinite(r.loss_history)) and r.diverged_step.tolist() == [-1, -1]
+    assert np.all(r.history["train_loss"][:, 1] < r.history["train_loss"][:, 0])
+    assert np.all(np.isfinite(r.history["val_acc_precise"]))
+
+
+# ------------------------------------------------------------------------------------------- Layer models
+
+def _flat_model(example_shape):
+    """A serial Layer that flattens its input itself and insists on receiving the example shape."""
+
+    def flatten(params, batch_stats, x, train, *, key=None):
+        assert x.shape[1:] == example_shape, x.shape  # the engine must not flatten for a Layer
+        return x.reshape(x.shape[0], -1), batch_stats
+
+    d = int(np.prod(example_shape))
+    return bnjax.serial(bnjax.Layer(lambda key: ({}, {}), flatten, "flatten"), bnjax.Dense(d, 8),
+                        bnjax.BatchNorm(8), bnjax.Activation(jax.nn.relu), bnjax.Dropout(0.1), bnjax.Dense(8, 3))
+
+
+def test_layer_model_keeps_example_shape_and_sweeps_options():
+    flat = toy_data()
+    data = dataclasses.replace(flat, x_train=flat.x_train.reshape(-1, 2, 3), x_val=flat.x_val.reshape(-1, 2, 3),
+                               x_test=flat.x_test.reshape(-1, 2, 3))
+    model = _flat_model((2, 3))
+    members = {"seed": [0, 1], "dropout": [0.0, 0.3], "bn_momentum": [0.9, 0.5], "weight_scale": [0.1, 0.2]}
+    r = train_ensemble(model, TOY_CFG.replace(precise_bn_batches=2), data, members)
+    assert r.members[1] == {"seed": 1, "learning_rate": 1e-2, "weight_scale": 0.2, "dropout": 0.3,
+                            "bn_momentum": 0.5}
+    assert r.spec is None and r.model is model
+    assert r.history["train_loss"][0, -1] < r.history["train_loss"][0, 0]
+    # Without options the members keep the layers' own values (none of the three is in the traced state).
+    plain = train_ensemble(model, TOY_CFG, data)
+    assert plain.members == [{"seed": 0, "learning_rate": 1e-2}]
+
+
+def test_layer_model_equals_the_spec_it_was_built_from():
+    spec = TOY_SPEC.replace(dropout=0.2)
+    a = train_ensemble(spec, TOY_CFG, toy_data())
+    b = train_ensemble(mlp(spec), TOY_CFG, toy_data())
+    np.testing.assert_allclose(a.loss_history, b.loss_history, rtol=1e-6, atol=1e-6)
+    for x, y in zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params)):
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6)
+
+
+def test_layer_model_errors():
+    data = toy_data()
+    no_dropout = bnjax.serial(bnjax.Dense(6, 3))
+    with pytest.raises(ValueError, match=r"members set 'dropout', but the model's apply takes no 'dropout' option"):
+        train_ensemble(no_dropout, TOY_CFG, data, {"dropout": [0.1, 0.2]})
+    with pytest.raises(ValueError, match=r"output of shape \(16, 4\); it must give \(16, 3\) logits"):
+        train_ensemble(bnjax.serial(bnjax.Dense(6, 4)), TOY_CFG, data)
+    with pytest.raises(TypeError, match=r"the model must be a bnjax.Layer .* or an MLPSpec, got dict"):
+        train_ensemble({"init": None}, TOY_CFG, data)
+
+
+def test_sentinel_of_a_plain_layer_checks_its_output():
+    """A model that is not a composition: a non-finite parameter that reaches the output freezes the member."""
+    def init(key):
+        return {"weight": jax.random.normal(key, (3, 6)) * 0.1}, {}
+
+    def apply(params, batch_stats, x, train, *, key=None):
+        return x @ params["weight"].T, batch_stats
+
+    model = bnjax.Layer(init, apply, "linear")
+    step = jax.jit(make_train_step(model, TOY_CFG, steps_per_epoch=4))
+    state = init_train_state(model, TOY_CFG, seed=0)
+    bad = state._replace(params={"weight": state.params["weight"].at[0, 0].set(jnp.nan)})
+    new, m = step(bad, _batch())
+    assert int(new.diverged_step) == 0 and np.isnan(float(m["loss"]))
+    healthy, m2 = step(state, _batch())
+    assert int(healthy.diverged_step) == -1 and np.isfinite(float(m2["loss"]))

@@ -1,5 +1,5 @@
-"""Interoperability: flax.linen drop-in modules (:mod:`bnjax.interop.flax`, also ``bnjax.flax``) and
-PyTorch state-dict converters (:mod:`bnjax.interop.torch`, no torch import needed)."""
+"""Interoperability: PyTorch state-dict converters (:mod:`bnjax.interop.torch`, no torch import needed). The
+flax.linen drop-in modules are :mod:`bnjax.flax`."""
 
 from bnjax.interop.torch import bnjax_momentum_to_torch as bnjax_momentum_to_torch
 from bnjax.interop.torch import from_torch_batch_norm as from_torch_batch_norm

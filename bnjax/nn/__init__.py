@@ -1,12 +1,21 @@
-"""Pure layers: batch norm, layer norm, dropout, dense, ``serial``, the shared statistics and gradient checks."""
+"""Pure layers: batch/ghost/renorm/layer/group/RMS norm, dropout, dense, the layer factories and ``serial``,
+the MLP, folding, the shared statistics the normalizers are built from, and gradient checks.
+
+The ``*_autodiff`` reference twins of the hand-written backward passes stay in their modules (tests import
+them from there).
+"""
 
 from bnjax.nn._batch_norm import batch_norm as batch_norm
 from bnjax.nn._batch_norm import batch_norm_init as batch_norm_init
 from bnjax.nn._combinators import Activation as Activation
 from bnjax.nn._combinators import BatchNorm as BatchNorm
+from bnjax.nn._combinators import BatchRenorm as BatchRenorm
 from bnjax.nn._combinators import Dense as Dense
 from bnjax.nn._combinators import Dropout as Dropout
+from bnjax.nn._combinators import GhostBatchNorm as GhostBatchNorm
+from bnjax.nn._combinators import GroupNorm as GroupNorm
 from bnjax.nn._combinators import LayerNorm as LayerNorm
+from bnjax.nn._combinators import RMSNorm as RMSNorm
 from bnjax.nn._combinators import serial as serial
 from bnjax.nn._dense import dense as dense
 from bnjax.nn._dense import dense_init as dense_init
@@ -27,57 +36,55 @@ from bnjax.nn._layer_norm import layer_norm as layer_norm
 from bnjax.nn._layer_norm import layer_norm_init as layer_norm_init
 from bnjax.nn._mlp import MLPSpec as MLPSpec
 from bnjax.nn._mlp import mlp as mlp
-from bnjax.nn._mlp import mlp_apply as mlp_apply
-from bnjax.nn._mlp import mlp_init as mlp_init
+from bnjax.nn._mlp import norm_layer as norm_layer
 from bnjax.nn._renorm import batch_renorm as batch_renorm
 from bnjax.nn._renorm import renorm_schedule as renorm_schedule
 from bnjax.nn._rms_norm import normalize_rms as normalize_rms
-from bnjax.nn._rms_norm import normalize_rms_autodiff as normalize_rms_autodiff
 from bnjax.nn._rms_norm import rms_norm as rms_norm
 from bnjax.nn._rms_norm import rms_norm_init as rms_norm_init
 from bnjax.nn._stats import compute_stats as compute_stats
 from bnjax.nn._stats import normalize_affine as normalize_affine
-from bnjax.nn._stats import normalize_affine_autodiff as normalize_affine_autodiff
 from bnjax.nn._stats import update_running_stats as update_running_stats
 
 __all__ = [
-    "batch_norm",
-    "batch_norm_init",
     "Activation",
     "BatchNorm",
+    "BatchRenorm",
     "Dense",
     "Dropout",
+    "GhostBatchNorm",
+    "GradCheckRow",
+    "GroupNorm",
     "LayerNorm",
-    "serial",
+    "MLPSpec",
+    "RMSNorm",
+    "batch_norm",
+    "batch_norm_init",
+    "batch_renorm",
+    "compute_stats",
     "dense",
     "dense_init",
     "dropout",
     "dropout_init",
-    "GradCheckRow",
+    "fold_batch_norm",
+    "fold_mlp",
     "format_gradcheck",
+    "ghost_batch_norm",
     "gradcheck_layers",
+    "group_norm",
+    "group_norm_init",
+    "layer_norm",
+    "layer_norm_init",
+    "mlp",
+    "norm_layer",
+    "normalize_affine",
+    "normalize_rms",
     "numeric_grad",
     "numeric_vjp",
     "rel_error",
-    "layer_norm",
-    "layer_norm_init",
-    "MLPSpec",
-    "mlp",
-    "mlp_apply",
-    "mlp_init",
-    "compute_stats",
-    "normalize_affine",
-    "normalize_affine_autodiff",
-    "update_running_stats",
-    "fold_batch_norm",
-    "fold_mlp",
-    "ghost_batch_norm",
-    "group_norm",
-    "group_norm_init",
-    "batch_renorm",
     "renorm_schedule",
-    "normalize_rms",
-    "normalize_rms_autodiff",
     "rms_norm",
     "rms_norm_init",
+    "serial",
+    "update_running_stats",
 ]

@@ -1,17 +1,21 @@
-"""A fully connected network (the CS231n ``FullyConnectedNet``) built from the pure layers.
+"""A fully connected network (the CS231n ``FullyConnectedNet``) described by a small frozen dataclass and built
+from the same layers :func:`bnjax.serial` composes.
 
 Block ``i`` of ``len(spec.hidden)`` hidden blocks is::
 
-    dense_i (no bias before batch norm) -> bn_i | ln_i | nothing -> activation -> dropout (see dropout_layers)
+    dense_i -> norm_i -> activation -> dropout        (norm_position="before", the default)
+    dense_i -> activation -> norm_i -> dropout        (norm_position="after")
 
-followed by ``dense_L`` (with bias) to ``num_classes`` logits. Every numeric hyperparameter that an ensemble
-may sweep (``weight_scale``, ``dropout``, ``bn_momentum``) can be overridden per call by a traced array, so
-``jax.vmap`` trains many variants in one program.
+(no norm for ``norm="none"``; dropout after every block or only the last, see ``dropout_layers``), followed by
+``dense_L`` (with bias) to ``num_classes`` logits. ``mlp(spec)`` *is* ``serial(...)`` of these layers, so it
+has serial's key derivation (layer ``i`` of the list gets ``fold_in(key, i)``) and its options: ``init(key,
+weight_scale=...)``, ``apply(..., dropout=..., bn_momentum=...)`` take traced per-member values.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,14 +25,27 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from bnjax._typing import Array, Layer, Params, PRNGKey, State
-from bnjax.nn._batch_norm import AVERAGES, batch_norm, batch_norm_init
+from bnjax._typing import Array, FieldError, Layer, Params, PRNGKey, State
+from bnjax.nn._batch_norm import AVERAGES
 from bnjax.nn._checks import is_int as _is_int, is_number as _is_number
-from bnjax.nn._dense import INITS, dense, dense_init
-from bnjax.nn._dropout import dropout as dropout_layer
-from bnjax.nn._layer_norm import layer_norm, layer_norm_init
+from bnjax.nn._combinators import (
+    Activation,
+    BatchNorm,
+    BatchRenorm,
+    Dense,
+    Dropout,
+    GhostBatchNorm,
+    GroupNorm,
+    LayerNorm,
+    RMSNorm,
+    serial,
+)
+from bnjax.nn._dense import INITS
 
-NORMS = ("none", "batch", "layer")
+NORMS = ("none", "batch", "layer", "group", "rms", "ghost", "renorm")
+BATCH_NORMS = ("batch", "ghost", "renorm")
+"""The norms that normalise with batch statistics (running statistics, ``bn_*`` options, no dense bias before)."""
+NORM_POSITIONS = ("before", "after")
 DROPOUT_LAYERS = ("all", "last")
 ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
     "relu": jax.nn.relu,
@@ -44,28 +61,43 @@ class MLPSpec:
     """Architecture and numeric defaults of a multilayer perceptron.
 
     Attributes:
-      in_features: input size ``D`` (inputs are ``(N, D)``; flatten images first).
+      in_features: input size ``D`` (inputs are ``(N, D)``; flatten images first). None: taken from the data
+        by :func:`bnjax.train.train_ensemble` (:func:`bnjax.mlp` needs it set).
       hidden: sizes of the hidden layers (``()`` gives softmax regression). A list is stored as a tuple.
-      num_classes: number of output logits.
-      norm: ``"none"``, ``"batch"`` (batch norm after each hidden dense layer, whose bias is then dropped) or
-        ``"layer"``.
+      num_classes: number of output logits (None: from the data, as ``in_features``).
+      norm: ``"none"``; ``"batch"`` (:func:`bnjax.batch_norm`), ``"ghost"`` (:func:`bnjax.ghost_batch_norm`
+        over ``virtual_batch_size`` rows), ``"renorm"`` (:func:`bnjax.batch_renorm`) -- these three drop the
+        bias of the dense layer before them when ``norm_position="before"``; ``"layer"``, ``"group"``
+        (``groups`` or ``group_size``), ``"rms"`` (per-example norms).
       dropout: drop probability in [0, 1) (default for every member of an ensemble; overridable per call).
-      dropout_layers: ``"all"`` -- after every hidden activation; ``"last"`` -- only after the last one.
+      dropout_layers: ``"all"`` -- after every hidden block; ``"last"`` -- only after the last one.
       activation: ``"relu"``, ``"tanh"``, ``"sigmoid"`` or ``"gelu"`` (exact erf form).
       init: weight init of the dense layers: ``"normal"`` (``weight_scale * N(0, 1)``, CS231n), ``"he"``
-        or ``"glorot"`` (``weight_scale`` is then unused). Biases start at 0, BN/LN scale 1 and shift 0.
+        or ``"glorot"`` (``weight_scale`` is then unused). Biases start at 0, norm scales 1 and shifts 0.
       weight_scale: std of the ``"normal"`` init.
-      bn_momentum: running-average coefficient, ``new = momentum * old + (1 - momentum) * batch``.
-      bn_eps: batch-norm epsilon (inside the square root).
+      bn_momentum: running-average coefficient, ``new = momentum * old + (1 - momentum) * batch`` (batch,
+        ghost, renorm).
+      bn_eps: epsilon (inside the square root) of batch, ghost and renorm.
       bn_average: ``"ema"``, ``"cumulative"`` (simple average of every batch's statistics) or
         ``"debiased"`` (zero-debiased EMA); see :func:`bnjax.batch_norm`.
       bn_unbiased: store the unbiased ``n / (n - 1)`` batch variance in the running variance.
-      ln_eps: layer-norm epsilon.
+      ln_eps: epsilon of layer, group and RMS norm.
+      norm_position: ``"before"`` the activation (Ioffe & Szegedy's placement, the default) or ``"after"``.
+      groups: ``norm="group"``: number of groups, dividing every hidden width (give it or ``group_size``).
+      group_size: ``norm="group"``: features per group instead of ``groups``.
+      virtual_batch_size: ``norm="ghost"``: rows per ghost batch (>= 2; must divide the training batch size).
+      renorm_rmax, renorm_dmax: ``norm="renorm"``: final clipping bounds of ``r`` (>= 1) and ``|d|`` (>= 0);
+        Ioffe (2017) ends at 3 and 5.
+      renorm_warmup_steps: ``norm="renorm"``: steps of the linear ramp of the bounds from batch norm's
+        (``rmax = 1``, ``dmax = 0``) to the final ones (:func:`bnjax.renorm_schedule`); 0: no ramp.
+      renorm_hold_steps: ``norm="renorm"``: steps of plain batch norm before the ramp (the paper: 5000).
+
+    Keys that belong to another norm are ignored (so a config may set them in a table its variants share).
     """
 
-    in_features: int
+    in_features: int | None = None
     hidden: tuple[int, ...] = (100, 100, 100, 100, 100)
-    num_classes: int = 10
+    num_classes: int | None = 10
     norm: str = "none"
     dropout: float = 0.0
     dropout_layers: str = "all"
@@ -77,13 +109,21 @@ class MLPSpec:
     bn_average: str = "ema"
     bn_unbiased: bool = False
     ln_eps: float = 1e-5
+    norm_position: str = "before"
+    groups: int | None = None
+    group_size: int | None = None
+    virtual_batch_size: int | None = None
+    renorm_rmax: float = 3.0
+    renorm_dmax: float = 5.0
+    renorm_warmup_steps: int = 0
+    renorm_hold_steps: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden, list):
             object.__setattr__(self, "hidden", tuple(self.hidden))
         bad = _validate(self)
-        if bad:
-            raise ValueError(f"MLPSpec: {bad}")
+        if bad is not None:
+            raise FieldError("MLPSpec", *bad)
 
     @property
     def num_layers(self) -> int:
@@ -94,11 +134,24 @@ class MLPSpec:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    def norm_settings(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`norm_layer` that this spec sets (``bn_*``, ``ln_eps``, ...)."""
+        return {name: getattr(self, name) for name in _NORM_SETTINGS}
 
-def _validate(s: MLPSpec) -> str | None:
-    """The first problem with ``s`` as ``"field=value ... fix"``, or None."""
+
+_NORM_SETTINGS = ("bn_momentum", "bn_eps", "bn_average", "bn_unbiased", "ln_eps", "groups", "group_size",
+                  "virtual_batch_size", "renorm_rmax", "renorm_dmax", "renorm_warmup_steps", "renorm_hold_steps")
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def _validate(s: MLPSpec) -> tuple[str, Any, str] | None:
+    """The first problem with ``s`` as ``(field, value, what would be accepted)``, or None."""
     choices = {
         "norm": NORMS,
+        "norm_position": NORM_POSITIONS,
         "dropout_layers": DROPOUT_LAYERS,
         "activation": tuple(ACTIVATIONS),
         "init": INITS,
@@ -107,169 +160,173 @@ def _validate(s: MLPSpec) -> str | None:
     for name, valid in choices.items():
         v = getattr(s, name)
         if v not in valid:
-            return f"{name}={v!r} is not a valid option; use one of {valid}."
+            return name, v, f"is not a valid option; use one of {valid}."
     for name in ("in_features", "num_classes"):
         v = getattr(s, name)
-        if not _is_int(v) or v < 1:
-            return f"{name}={v!r} must be a positive int."
+        if v is not None and (not _is_int(v) or v < 1):
+            return name, v, "must be a positive int (or None: from the data)."
     if not isinstance(s.hidden, tuple) or not all(_is_int(h) and h >= 1 for h in s.hidden):
-        return f"hidden={s.hidden!r} must be a tuple of positive ints, e.g. (100, 100)."
+        return "hidden", s.hidden, "must be a tuple of positive ints, e.g. (100, 100)."
     if not _is_number(s.dropout) or not 0.0 <= s.dropout < 1.0:
-        return f"dropout={s.dropout!r} is the drop probability and must be in [0, 1)."
+        return "dropout", s.dropout, "is the drop probability and must be in [0, 1)."
     if not _is_number(s.bn_momentum) or not 0.0 <= s.bn_momentum <= 1.0:
-        return f"bn_momentum={s.bn_momentum!r} must be in [0, 1] (new = momentum * old + (1 - momentum) * batch)."
+        return "bn_momentum", s.bn_momentum, "must be in [0, 1] (new = momentum * old + (1 - momentum) * batch)."
     for name in ("weight_scale", "bn_eps", "ln_eps"):
         v = getattr(s, name)
         if not _is_number(v) or not v > 0:
-            return f"{name}={v!r} must be a positive number."
+            return name, v, "must be a positive number."
     if not isinstance(s.bn_unbiased, bool):
-        return f"bn_unbiased={s.bn_unbiased!r} must be True or False."
+        return "bn_unbiased", s.bn_unbiased, "must be True or False."
+    for name in ("groups", "group_size", "virtual_batch_size"):
+        v = getattr(s, name)
+        if v is not None and (not _is_int(v) or v < 1):
+            return name, v, "must be a positive int (or unset)."
+    for name in ("renorm_warmup_steps", "renorm_hold_steps"):
+        v = getattr(s, name)
+        if not _is_int(v) or v < 0:
+            return name, v, "must be an int >= 0 (steps; 0 turns it off)."
+    if not _is_number(s.renorm_rmax) or not s.renorm_rmax >= 1:
+        return "renorm_rmax", s.renorm_rmax, "must be a number >= 1 (the bound of r = sigma_B / sigma; 1 is batch norm)."
+    if not _is_number(s.renorm_dmax) or not s.renorm_dmax >= 0:
+        return "renorm_dmax", s.renorm_dmax, "must be a number >= 0 (the bound of |d|; 0 is batch norm)."
+    if s.norm == "group":
+        if s.groups is None and s.group_size is None:
+            return "groups", None, ("is unset: norm='group' needs groups (the number of groups) or group_size "
+                                    "(features per group), e.g. groups = 4.")
+        if s.groups is not None and s.group_size is not None:
+            return "group_size", s.group_size, f"is set together with groups={s.groups}; set only one of them."
+        name = "groups" if s.groups is not None else "group_size"
+        v = getattr(s, name)
+        for width in s.hidden:
+            if width % v:
+                common = [d for d in _divisors(width) if all(h % d == 0 for h in s.hidden)]
+                return name, v, (f"does not divide the hidden width {width} (hidden={s.hidden}); use a divisor of "
+                                 f"every width, one of {common}.")
+    if s.norm == "ghost":
+        if s.virtual_batch_size is None:
+            return "virtual_batch_size", None, ("is unset: norm='ghost' needs the rows per ghost batch, e.g. "
+                                                "virtual_batch_size = 16.")
+        if s.virtual_batch_size < 2:
+            return "virtual_batch_size", s.virtual_batch_size, ("must be >= 2 (a ghost batch of 1 row has variance "
+                                                                "0).")
     return None
 
 
-def _dropout_after(spec: MLPSpec, i: int) -> bool:
-    return spec.dropout_layers == "all" or i == len(spec.hidden) - 1
-
-
-def mlp_init(key: PRNGKey, spec: MLPSpec, *, weight_scale: Any = None) -> tuple[Params, State]:
-    """Parameters and batch statistics of the MLP described by ``spec``.
-
-    Dense layer ``i`` is initialised from ``jax.random.fold_in(key, i)``, so a layer's weights do not change
-    when other layers are added or resized.
-
-    Args:
-      key: PRNG key.
-      spec: the architecture.
-      weight_scale: overrides ``spec.weight_scale`` (``init="normal"`` only); may be a traced scalar, e.g. a
-        value swept by ``jax.vmap``.
-
-    Returns:
-      ``(params, batch_stats)``: ``params = {"dense_0": {"weight": (h0, D)}, "bn_0": {"scale", "bias"}, ...,
-      "dense_L": {"weight": (C, h_last), "bias": (C,)}}`` (a dense layer has a ``"bias"`` unless batch norm
-      follows it; ``"ln_i"`` for layer norm) and ``batch_stats = {"bn_i": {"mean", "var"[, "count"]}}``
-      (empty without batch norm).
-    """
-    ws = spec.weight_scale if weight_scale is None else weight_scale
-    sizes = (spec.in_features, *spec.hidden, spec.num_classes)
-    params: Params = {}
-    stats: State = {}
-    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
-        hidden = i < len(spec.hidden)
-        params[f"dense_{i}"], _ = dense_init(
-            jax.random.fold_in(key, i), fan_in, fan_out,
-            init=spec.init, weight_scale=ws, use_bias=not (hidden and spec.norm == "batch"),
-        )
-        if hidden and spec.norm == "batch":
-            params[f"bn_{i}"], stats[f"bn_{i}"] = batch_norm_init(fan_out, average=spec.bn_average)
-        elif hidden and spec.norm == "layer":
-            params[f"ln_{i}"], _ = layer_norm_init(fan_out)
-    return params, stats
-
-
-def mlp_apply(
-    params: Params,
-    batch_stats: State,
-    x: Array,
-    train: bool,
+def norm_layer(
+    norm: str,
+    num_features: int,
     *,
-    spec: MLPSpec,
-    key: PRNGKey | None = None,
-    dropout: Any = None,
-    bn_momentum: Any = None,
-    axis_name: Any = None,
-) -> tuple[Array, State]:
-    """Logits of the MLP, and the updated batch statistics.
+    bn_momentum: float = 0.9,
+    bn_eps: float = 1e-5,
+    bn_average: str = "ema",
+    bn_unbiased: bool = False,
+    ln_eps: float = 1e-5,
+    groups: int | None = None,
+    group_size: int | None = None,
+    virtual_batch_size: int | None = None,
+    renorm_rmax: float = 3.0,
+    renorm_dmax: float = 5.0,
+    renorm_warmup_steps: int = 0,
+    renorm_hold_steps: int = 0,
+) -> Layer | None:
+    """The normalization layer named ``norm`` over ``num_features`` channels-last features, or None for "none".
 
-    Args:
-      params, batch_stats: from :func:`mlp_init`.
-      x: ``(N, spec.in_features)`` floating input.
-      train: Python bool; train mode uses batch statistics (and updates the running ones) and dropout.
-      spec: the architecture (static).
-      key: PRNG key for dropout (layer ``i`` uses ``jax.random.fold_in(key, i)``); required in train mode
-        when the drop rate may be non-zero.
-      dropout: drop probability overriding ``spec.dropout``; may be a traced scalar.
-      bn_momentum: overrides ``spec.bn_momentum``; may be a traced scalar.
-      axis_name: optional named axis (``shard_map``/``vmap``) over which batch norm computes its batch
-        statistics (synchronized BN, :func:`bnjax.batch_norm`); None (default) uses the local batch only.
-
-    Returns:
-      ``(logits (N, num_classes), new_batch_stats)``; in eval mode ``new_batch_stats`` is ``batch_stats``.
+    The keyword arguments are :class:`MLPSpec`'s (and a config's ``[model]`` keys), so a model factory can
+    forward them: ``norm_layer(norm, 64, **options)``. ``"batch"`` -> :func:`BatchNorm`, ``"ghost"`` ->
+    :func:`GhostBatchNorm`, ``"renorm"`` -> :func:`BatchRenorm` (all three with ``bn_*``; pytree name
+    ``"bn"``), ``"layer"`` -> :func:`LayerNorm` (``"ln"``), ``"group"`` -> :func:`GroupNorm` (``"gn"``),
+    ``"rms"`` -> :func:`RMSNorm` (``"rms"``), the last three with ``eps=ln_eps``.
     """
-    logits, new_stats, _ = mlp_forward(
-        params, batch_stats, x, train, spec=spec, key=key, dropout=dropout, bn_momentum=bn_momentum,
-        axis_name=axis_name,
-    )
-    return logits, new_stats
-
-
-def mlp_forward(
-    params: Params,
-    batch_stats: State,
-    x: Array,
-    train: bool,
-    *,
-    spec: MLPSpec,
-    key: PRNGKey | None = None,
-    dropout: Any = None,
-    bn_momentum: Any = None,
-    first_matmul: Array | None = None,
-    axis_name: Any = None,
-) -> tuple[Array, State, Array]:
-    """:func:`mlp_apply` plus a non-finiteness sentinel: ``(logits, new_batch_stats, sentinel)``.
-
-    ``sentinel = sum(z * 0)`` over every pre-activation ``z`` (the normalised dense outputs) and the logits:
-    exactly 0 when all of them are finite, NaN otherwise. With a finite input, any non-finite parameter makes
-    some pre-activation non-finite (even where a later ReLU or tanh would hide it), so a training step can
-    detect non-finite parameters from this scalar without a pass over the parameters. Unused, it is
-    removed by ``jit``.
-
-    ``first_matmul``, if given, is ``x @ params["dense_0"]["weight"].T`` computed by the caller (``x`` is
-    then not read): an ensemble whose members share ``x`` computes it for all members as one matmul.
-    ``axis_name`` is passed to every batch norm (see :func:`mlp_apply`); the sentinel stays local.
-    """
-    if first_matmul is None:
-        if x.ndim != 2 or x.shape[1] != spec.in_features:
-            raise ValueError(
-                f"mlp_apply: x has shape {tuple(x.shape)}, expected (N, {spec.in_features}); flatten the input "
-                f"first, e.g. x.reshape(len(x), -1)."
-            )
-        h, _ = dense(params["dense_0"], {}, x, train)
-    else:
-        h = first_matmul + params["dense_0"]["bias"] if "bias" in params["dense_0"] else first_matmul
-    rate = spec.dropout if dropout is None else dropout
-    momentum = spec.bn_momentum if bn_momentum is None else bn_momentum
-    act = ACTIVATIONS[spec.activation]
-    new_stats: State = {}
-    sentinel = jnp.zeros((), jnp.float32)
-    for i in range(len(spec.hidden)):  # h is the output of dense_i
-        if spec.norm == "batch":
-            h, new_stats[f"bn_{i}"] = batch_norm(
-                params[f"bn_{i}"], batch_stats[f"bn_{i}"], h, train,
-                momentum=momentum, eps=spec.bn_eps, average=spec.bn_average, unbiased_var=spec.bn_unbiased,
-                axis_name=axis_name,
-            )
-        elif spec.norm == "layer":
-            h, _ = layer_norm(params[f"ln_{i}"], {}, h, train, eps=spec.ln_eps)
-        sentinel = sentinel + jnp.sum(h * jnp.zeros((), h.dtype), dtype=jnp.float32)
-        h = act(h)
-        if _dropout_after(spec, i):
-            h, _ = dropout_layer(
-                {}, {}, h, train, key=None if key is None else jax.random.fold_in(key, i), rate=rate
-            )
-        h, _ = dense(params[f"dense_{i + 1}"], {}, h, train)
-    sentinel = sentinel + jnp.sum(h * jnp.zeros((), h.dtype), dtype=jnp.float32)
-    return h, (new_stats if train else batch_stats), sentinel
+    bn = {"momentum": bn_momentum, "eps": bn_eps, "average": bn_average, "unbiased_var": bn_unbiased}
+    if norm == "none":
+        return None
+    if norm == "batch":
+        return BatchNorm(num_features, **bn)
+    if norm == "ghost":
+        if virtual_batch_size is None:
+            raise ValueError("norm_layer: norm='ghost' needs virtual_batch_size, the rows per ghost batch.")
+        return GhostBatchNorm(num_features, virtual_batch_size=virtual_batch_size, **bn)
+    if norm == "renorm":
+        return BatchRenorm(num_features, rmax=renorm_rmax, dmax=renorm_dmax, warmup_steps=renorm_warmup_steps,
+                           hold_steps=renorm_hold_steps, **bn)
+    if norm == "layer":
+        return LayerNorm(num_features, eps=ln_eps)
+    if norm == "group":
+        return GroupNorm(num_features, num_groups=groups, group_size=group_size, eps=ln_eps)
+    if norm == "rms":
+        return RMSNorm(num_features, eps=ln_eps)
+    raise ValueError(f"norm_layer: norm={norm!r} is not a valid option; use one of {NORMS}.")
 
 
 def mlp(spec: MLPSpec) -> Layer:
-    """The MLP as a :class:`bnjax.Layer`: ``init(key)`` and ``apply(params, batch_stats, x, train, *, key=None)``."""
+    """The MLP described by ``spec`` as a :class:`bnjax.Layer`: ``serial`` of its dense, norm, activation and
+    dropout layers.
+
+    ``init(key, *, weight_scale=None) -> (params, batch_stats)``: ``params = {"dense_0": {"weight": (h0, D)},
+    "bn_0": {"scale", "bias"}, ..., "dense_L": {"weight": (C, h_last), "bias": (C,)}}`` (a dense layer has a
+    ``"bias"`` unless a batch norm follows it; ``"ln_i"``/``"gn_i"``/``"rms_i"`` for the per-example norms)
+    and ``batch_stats = {"bn_i": {"mean", "var"[, "count"]}}`` (empty without a batch norm). Layer ``j`` of
+    the list (dense_0, bn_0, relu_0, dropout_0, dense_1, ...) is initialised from ``fold_in(key, j)``, as by
+    :func:`bnjax.serial`.
+
+    ``apply(params, batch_stats, x, train, *, key=None, dropout=None, bn_momentum=None, ...)``: logits
+    ``(N, num_classes)`` of ``x (N, in_features)`` and the new batch statistics (``batch_stats`` itself in
+    eval mode). ``key`` is required in train mode when the drop rate may be non-zero. Options (traced values
+    allowed) override the spec per call: ``weight_scale`` at init, ``dropout``, ``bn_momentum``,
+    ``bn_average``, ``bn_unbiased``, ``axis_name`` (synchronized batch norm) and ``step`` (renorm warm-up)
+    when applied (see :class:`bnjax.Layer`).
+    """
     if not isinstance(spec, MLPSpec):
         raise TypeError(f"mlp: spec must be an MLPSpec, got {type(spec).__name__}; e.g. mlp(MLPSpec(in_features=784)).")
+    for name in ("in_features", "num_classes"):
+        if getattr(spec, name) is None:
+            raise ValueError(f"mlp: spec.{name} is None; set it, e.g. spec.replace({name}=...) "
+                             f"(bnjax.train.train_ensemble fills it from the data).")
+    return _build(spec)
 
-    def init(key: PRNGKey) -> tuple[Params, State]:
-        return mlp_init(key, spec)
 
-    def apply(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None):
-        return mlp_apply(params, batch_stats, x, train, spec=spec, key=key)
+@functools.lru_cache(maxsize=64)
+def _build(spec: MLPSpec) -> Layer:
+    # Cached: equal specs give the same Layer object, so compiled programs keyed by it are reused.
+    layers: list[Layer] = []
+    sizes = (spec.in_features, *spec.hidden, spec.num_classes)
+    shift = spec.norm in BATCH_NORMS and spec.norm_position == "before"  # the norm's shift replaces the bias
+    for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
+        hidden = i < len(spec.hidden)
+        layers.append(Dense(fan_in, fan_out, init=spec.init, weight_scale=spec.weight_scale,
+                            use_bias=not (hidden and shift)))
+        if not hidden:
+            break
+        norm = norm_layer(spec.norm, fan_out, **spec.norm_settings())
+        act = Activation(ACTIVATIONS[spec.activation], spec.activation)
+        block = [norm, act] if spec.norm_position == "before" else [act, norm]
+        layers.extend(layer for layer in block if layer is not None)
+        if spec.dropout_layers == "all" or i == len(spec.hidden) - 1:
+            layers.append(Dropout(spec.dropout))
+    body = serial(*layers)
+    in_features = spec.in_features
 
-    return Layer(init, apply, "mlp")
+    def apply(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
+              **options: Any) -> tuple[Array, State]:
+        if x.ndim != 2 or x.shape[1] != in_features:
+            raise ValueError(
+                f"mlp: x has shape {tuple(x.shape)}, expected (N, {in_features}); flatten the input first, e.g. "
+                f"x.reshape(len(x), -1)."
+            )
+        return body.apply(params, batch_stats, x, train, key=key, **options)
+
+    return Layer(body.init, apply, "mlp", body.layers)
+
+
+def mlp_init(key: PRNGKey, spec: MLPSpec, *, weight_scale: Any = None) -> tuple[Params, State]:
+    """``mlp(spec).init(key, weight_scale=weight_scale)`` (kept for code written against the function pair)."""
+    return mlp(spec).init(key, **({} if weight_scale is None else {"weight_scale": weight_scale}))
+
+
+def mlp_apply(
+    params: Params, batch_stats: State, x: Array, train: bool, *, spec: MLPSpec, key: PRNGKey | None = None,
+    **options: Any,
+) -> tuple[Array, State]:
+    """``mlp(spec).apply(params, batch_stats, x, train, key=key, **options)`` (kept for code written against
+    the function pair)."""
+    return mlp(spec).apply(params, batch_stats, x, train, key=key, **options)

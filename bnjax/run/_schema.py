@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 import types
 import typing
 from typing import Any, Literal, Union, get_args, get_origin
+
+from bnjax._typing import FieldError
 
 
 class ConfigError(ValueError):
@@ -105,8 +106,11 @@ def check_keys(section: str, raw: dict[str, Any], valid: typing.Iterable[str]) -
 def build(cls: type, section: str, raw: dict[str, Any], *, exclude: typing.Iterable[str] = (), **fixed: Any) -> Any:
     """Constructs dataclass ``cls`` from a TOML table, checking keys, types and the class's own validation.
 
+    The class validates in ``__post_init__`` and raises :class:`bnjax.FieldError` (field, value, expected),
+    which is restated against the table's key: ``model.norm = 'bn' is not a valid option; ...``.
+
     Args:
-      cls: the frozen dataclass (its ``__post_init__`` does range checks).
+      cls: the frozen dataclass.
       section: the table's name, used as the key prefix in errors (``"model"`` -> ``model.norm``).
       raw: the table.
       exclude: fields the table may not set (filled in ``fixed`` by the caller).
@@ -116,12 +120,12 @@ def build(cls: type, section: str, raw: dict[str, Any], *, exclude: typing.Itera
         raise ConfigError(f"[{section}] must be a table (section), got {raw!r}.")
     hints = {k: v for k, v in field_hints(cls).items() if k not in set(exclude) and k not in fixed}
     check_keys(section, raw, hints)
+    for f in dataclasses.fields(cls):
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        if f.init and required and f.name not in raw and f.name not in fixed:
+            raise ConfigError(f"{section}.{f.name} is missing; [{section}] needs it.")
     values = {k: coerce(f"{section}.{k}", v, hints[k]) for k, v in raw.items()}
     try:
         return cls(**values, **fixed)
-    except (ValueError, TypeError) as e:
-        # The dataclasses word their errors "Class: field=value ..."; restate them as "section.field = value ...".
-        msg = re.sub(r"^\w+: ", "", str(e))
-        m = re.match(r"(\w+)=(.*)", msg, re.DOTALL)
-        raise ConfigError(f"{section}.{m.group(1)} = {m.group(2)}" if m else f"[{section}] {msg}") from None
-
+    except FieldError as e:
+        raise ConfigError(f"{section}.{e.field} = {e.value!r} {e.expected}") from None

@@ -4,7 +4,8 @@ A config has these tables (every key optional unless marked)::
 
     [study]      name (required), description, analysis
     [data]       name and the dataset's prepare options (see :class:`DataConfig`)
-    [model]      the fields of :class:`bnjax.nn.MLPSpec` except ``in_features``/``num_classes`` (set by the data)
+    [model]      the fields of :class:`bnjax.MLPSpec` except ``in_features``/``num_classes`` (set by the data);
+                 or factory = "path/to/file.py:function" and that function's keyword options (a user model)
     [train]      the fields of :class:`bnjax.train.TrainConfig`
     [sweep]      seeds = [...] and numeric axes (weight_scale, dropout, learning_rate, bn_momentum): lists whose
                  cartesian product (with the seeds) is trained as ONE vmapped ensemble per variant
@@ -13,7 +14,9 @@ A config has these tables (every key optional unless marked)::
 
 ``study.analysis`` is the path of the study's analysis module (claims and study plots), relative to the
 **project root, taken as the parent of the directory holding the config** (``configs/x.toml`` ->
-``./experiments/x.py``); an absolute path is used as is. Command-line overrides (``--set train.epochs=2``) go
+``./experiments/x.py``); an absolute path is used as is. ``model.factory`` is resolved the same way; its
+function returns a :class:`bnjax.Layer` and is called as ``function(input_shape=..., num_classes=...,
+**options)`` (see :class:`FactoryModel`). Command-line overrides (``--set train.epochs=2``) go
 through the same checks; a value is parsed as a TOML literal (``[0, 1]``, ``1e-3``, ``true``, ``"batch"``) and a
 bare word is taken as a string. An override of a base table key wins over the variants' own values too.
 """
@@ -22,24 +25,30 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib.util
+import inspect
 import itertools
 import json
+import math
+import sys
 import tomllib
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bnjax._typing import FieldError, Layer
 from bnjax.data import DATASET_NAMES, Dataset, load_dataset, prepare
 from bnjax.nn import MLPSpec
-from bnjax.run._schema import ConfigError, build, check_keys, coerce, field_hints
+from bnjax.run._schema import ConfigError, build, check_keys, coerce
 from bnjax.train import TrainConfig
+from bnjax.train._config import member_value_problem
 
 __all__ = [
     "ConfigError",
     "DataConfig",
-    "ModelConfig",
+    "FactoryModel",
     "StudyConfig",
     "StudyInfo",
     "StudyListing",
@@ -57,6 +66,7 @@ VARIANT_KEYS = ("name", "description", "data", "model", "train", "sweep")
 SWEEP_AXES = ("weight_scale", "dropout", "learning_rate", "bn_momentum")
 """Numeric hyperparameters an ensemble sweeps as data (one compiled program for all their values)."""
 _MODEL_FROM_DATA = ("in_features", "num_classes")
+_FACTORY_DATA_ARGS = ("input_shape", "num_classes", "in_features")
 
 
 @dataclass(frozen=True)
@@ -69,38 +79,124 @@ class StudyInfo:
 
     def __post_init__(self) -> None:
         if not self.name or not all(c.isalnum() or c in "-_." for c in self.name):
-            raise ValueError(f"name={self.name!r} must be a non-empty word of letters, digits, '-', '_' or '.', "
-                             f"e.g. name = \"bn_vs_baseline\" (it names the results directory).")
+            raise FieldError("StudyInfo", "name", self.name, "must be a non-empty word of letters, digits, '-', "
+                             "'_' or '.', e.g. name = \"bn_vs_baseline\" (it names the results directory).")
 
 
-def _model_config_post_init(self: Any) -> None:
-    # Validate with the real MLPSpec so ranges and choices have one source of truth; the data-dependent sizes
-    # are placeholders here and filled in by ModelConfig.spec().
-    MLPSpec(in_features=1, num_classes=2, **dataclasses.asdict(self))
+def _frozen(value: Any) -> Any:
+    """TOML lists as tuples (hashable, as MLPSpec's ``hidden``), tables as sorted pairs."""
+    if isinstance(value, list):
+        return tuple(_frozen(v) for v in value)
+    return value
 
 
-def _model_config_spec(self: Any, in_features: int, num_classes: int) -> MLPSpec:
-    """The :class:`bnjax.nn.MLPSpec` for a dataset with ``in_features`` inputs and ``num_classes`` classes."""
-    return MLPSpec(in_features=in_features, num_classes=num_classes, **dataclasses.asdict(self))
+@dataclass(frozen=True)
+class FactoryModel:
+    """``[model]`` with ``factory = "path/to/file.py:function"``: a user's model and the options it is built with.
+
+    The function returns a :class:`bnjax.Layer` mapping ``(B, *input_shape)`` inputs to ``(B, num_classes)``
+    logits. It is called with the data's sizes under the names it declares -- ``input_shape`` (one example's
+    shape, e.g. ``(28, 28, 1)``; examples keep their shape, nothing is flattened), ``num_classes``,
+    ``in_features`` (``prod(input_shape)``) -- and the ``[model]`` table's other keys as keyword arguments::
+
+        def build(input_shape, num_classes, *, channels=16, norm="batch"):  # factory = "models/cnn.py:build"
+            ...
+            return bnjax.serial(...)
+
+    A ``**options`` parameter receives every table key (and ``input_shape``, ``num_classes``). Sweeps
+    (``[sweep]`` weight_scale, dropout, bn_momentum) reach the returned layer as options.
+
+    Attributes:
+      factory: the text as written in the config.
+      path: the file, absolute (relative paths are taken from the project root, as ``study.analysis``).
+      function: the function's name in the file.
+      options: the table's other keys, as sorted ``(key, value)`` pairs (TOML lists become tuples).
+    """
+
+    factory: str
+    path: Path
+    function: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    def load(self) -> Callable[..., Layer]:
+        """Imports the file and returns the function, after checking that it takes the table's keys.
+
+        Raises:
+          ConfigError: no such file, no such function, or a key the function does not take.
+        """
+        key = f"model.factory = {self.factory!r}"
+        if not self.path.is_file():
+            raise ConfigError(f"{key}: no file {self.path} (a relative path is taken from the project root, the "
+                              f"parent of the config's directory).")
+        name = f"bnjax_model_{self.path.stem}"
+        spec = importlib.util.spec_from_file_location(name, self.path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module  # dataclasses defined in the module need it registered
+        spec.loader.exec_module(module)
+        fn = getattr(module, self.function, None)
+        if not callable(fn):
+            found = sorted(k for k, v in vars(module).items()
+                           if callable(v) and getattr(v, "__module__", None) == name and not k.startswith("_"))
+            raise ConfigError(f"{key}: {self.path.name} defines no function {self.function!r}; it defines "
+                              f"{', '.join(found) or 'none'}.")
+        params = inspect.signature(fn).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        for k, _ in self.options:
+            if k in _FACTORY_DATA_ARGS:
+                raise ConfigError(f"model.{k} comes from the data; remove it from [model].")
+            if not takes_any and k not in params:
+                valid = [p for p, v in params.items() if p not in _FACTORY_DATA_ARGS and v.kind is not v.VAR_POSITIONAL]
+                raise ConfigError(f"model.{k} is not an argument of {self.function}{inspect.signature(fn)}; valid "
+                                  f"keys in [model] besides factory: {', '.join(valid) or 'none'}.")
+        given = {k for k, _ in self.options} | set(_FACTORY_DATA_ARGS)
+        for p in params.values():
+            if p.default is p.empty and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.name not in given:
+                raise ConfigError(f"{key}: {self.function}() needs the argument {p.name!r}; set model.{p.name} in "
+                                  f"[model].")
+        return fn
+
+    def build(self, input_shape: tuple[int, ...], num_classes: int) -> Layer:
+        """The model for examples of ``input_shape`` and ``num_classes`` classes (see the class docstring)."""
+        fn = self.load()
+        params = inspect.signature(fn).parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        data = {"input_shape": tuple(input_shape), "num_classes": int(num_classes),
+                "in_features": math.prod(input_shape)}
+        kwargs = {k: v for k, v in data.items() if k in params or (takes_any and k != "in_features")}
+        layer = fn(**kwargs, **dict(self.options))
+        if not isinstance(layer, Layer):
+            raise ConfigError(f"model.factory = {self.factory!r}: {self.function}() returned a "
+                              f"{type(layer).__name__}, not a bnjax.Layer; return an init/apply pair, e.g. "
+                              f"bnjax.serial(...) or bnjax.Layer(init, apply, name).")
+        return layer
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"factory": self.factory, **dict(self.options)}
 
 
-def _make_model_config() -> type:
-    hints = field_hints(MLPSpec)
-    fields = []
-    for f in dataclasses.fields(MLPSpec):
-        if f.name in _MODEL_FROM_DATA:
-            continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
-        fields.append((f.name, hints[f.name], field(default=default)))
-    return dataclasses.make_dataclass(
-        "ModelConfig", fields, frozen=True,
-        namespace={"__post_init__": _model_config_post_init, "spec": _model_config_spec,
-                   "__module__": __name__,
-                   "__doc__": "``[model]``: the fields of MLPSpec except in_features and num_classes (from the data)."},
-    )
+def _build_model(section: str, raw: Any, root: Path) -> MLPSpec | FactoryModel:
+    """``[model]`` as an :class:`bnjax.MLPSpec` (sizes left to the data) or a :class:`FactoryModel`."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{section}] must be a table, got {raw!r}.")
+    if "factory" not in raw:
+        return build(MLPSpec, section, raw, exclude=_MODEL_FROM_DATA, in_features=None, num_classes=None)
+    text = coerce(f"{section}.factory", raw["factory"], str)
+    file, sep, function = text.rpartition(":")
+    if not sep or not file.endswith(".py") or not function.isidentifier():
+        raise ConfigError(f"{section}.factory = {text!r} must name a Python file and a function in it, "
+                          f"\"path/to/file.py:function\", e.g. factory = \"experiments/cnn.py:build\".")
+    path = Path(file)
+    options = tuple(sorted((k, _frozen(v)) for k, v in raw.items() if k != "factory"))
+    return FactoryModel(factory=text, path=(path if path.is_absolute() else root / path).resolve(),
+                        function=function, options=options)
 
 
-ModelConfig = _make_model_config()
+def _model_table(model: MLPSpec | FactoryModel) -> dict[str, Any]:
+    """The ``[model]`` table a variant resolved to (what ``spec.json`` and the report's setup table show)."""
+    if isinstance(model, FactoryModel):
+        return model.to_dict()
+    return {k: v for k, v in dataclasses.asdict(model).items() if k not in _MODEL_FROM_DATA}
 
 
 @dataclass(frozen=True)
@@ -121,22 +217,18 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         if not self.seeds:
-            raise ValueError("seeds=[] must list at least one seed, e.g. seeds = [0, 1, 2].")
-        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
-            raise ValueError(f"seeds={list(self.seeds)} must be distinct ints >= 0.")
-        ranges = {
-            "weight_scale": (lambda v: v > 0, "> 0"),
-            "dropout": (lambda v: 0 <= v < 1, "in [0, 1) (the drop probability; keep = 1 - dropout)"),
-            "learning_rate": (lambda v: v > 0, "> 0"),
-            "bn_momentum": (lambda v: 0 <= v <= 1, "in [0, 1]"),
-        }
-        for axis, (ok, text) in ranges.items():
+            raise FieldError("SweepConfig", "seeds", [], "must list at least one seed, e.g. seeds = [0, 1, 2].")
+        if len(set(self.seeds)) != len(self.seeds) or any(member_value_problem("seed", s) for s in self.seeds):
+            raise FieldError("SweepConfig", "seeds", list(self.seeds), "must be distinct ints >= 0.")
+        for axis in SWEEP_AXES:
             values = getattr(self, axis)
             for v in values:
-                if not ok(v):
-                    raise ValueError(f"{axis}={list(values)}: the value {v!r} is out of range; each must be {text}.")
+                bad = member_value_problem(axis, v)
+                if bad:
+                    raise FieldError("SweepConfig", axis, list(values), f"holds {v!r}, which is out of range: each "
+                                     f"value {bad}")
             if len(set(values)) != len(values):
-                raise ValueError(f"{axis}={list(values)} repeats a value; list each value once.")
+                raise FieldError("SweepConfig", axis, list(values), "repeats a value; list each value once.")
 
     @property
     def axes(self) -> tuple[str, ...]:
@@ -174,13 +266,14 @@ class Variant:
     name: str
     description: str
     data: DataConfig
-    model: Any  # ModelConfig
+    model: MLPSpec | FactoryModel
     train: TrainConfig
     sweep: SweepConfig
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "description": self.description, "data": self.data.to_dict(),
-                "model": _asdict(self.model), "train": _asdict(self.train), "sweep": _asdict(self.sweep)}
+                "model": json.loads(json.dumps(_model_table(self.model))), "train": _asdict(self.train),
+                "sweep": _asdict(self.sweep)}
 
 
 @dataclass(frozen=True)
@@ -247,7 +340,8 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         if self.name not in DATASET_NAMES:
-            raise ValueError(f"name={self.name!r} is not a known dataset; use one of {', '.join(DATASET_NAMES)}.")
+            raise FieldError("DataConfig", "name", self.name,
+                             f"is not a known dataset; use one of {', '.join(DATASET_NAMES)}.")
 
     def load(self) -> Dataset:
         """The prepared dataset (``load_dataset(name, root=..., loader_options=..., **options)``)."""
@@ -264,36 +358,46 @@ class DataConfig:
 
 
 def _build_data(section: str, raw: Any) -> DataConfig:
+    # Types are checked here (from prepare's signature); ranges by prepare itself when the data is loaded, which
+    # the runner does before training anything.
     if not isinstance(raw, dict):
         raise ConfigError(f"[{section}] must be a table, got {raw!r}.")
     check_keys(section, raw, ["name", "root", "loader", *_PREPARE_HINTS])
     name = coerce(f"{section}.name", raw.get("name", "mnist1d"), str)
-    if name not in DATASET_NAMES:
-        raise ConfigError(f"{section}.name = {name!r} is not a known dataset; use one of {', '.join(DATASET_NAMES)}.")
     root = coerce(f"{section}.root", raw.get("root"), str | None)
     loader = raw.get("loader", {})
     if not isinstance(loader, dict):
         raise ConfigError(f"{section}.loader = {loader!r} must be a table, e.g. loader = {{ seed = 42 }}.")
     options = {k: coerce(f"{section}.{k}", v, _PREPARE_HINTS[k]) for k, v in raw.items() if k in _PREPARE_HINTS}
-    for k in ("num_train", "num_test"):
-        if options.get(k) is not None and options[k] < 1 - (k == "num_test"):
-            raise ConfigError(f"{section}.{k} = {options[k]!r} is out of range; it must be >= {1 - (k == 'num_test')}.")
-    if options.get("num_val", 0) < 0:
-        raise ConfigError(f"{section}.num_val = {options['num_val']!r} is out of range; it must be >= 0.")
-    return DataConfig(name=name, root=root, loader=tuple(sorted(loader.items())), options=tuple(sorted(options.items())))
+    try:
+        return DataConfig(name=name, root=root, loader=tuple(sorted(loader.items())),
+                          options=tuple(sorted(options.items())))
+    except FieldError as e:
+        raise ConfigError(f"{section}.{e.field} = {e.value!r} {e.expected}") from None
 
 
 # ----------------------------------------------------------------------------------------------------- parsing
 
-def _build_variant(where: str, name: str, description: str, tables: dict[str, dict[str, Any]]) -> Variant:
+def _build_variant(
+    where: str, name: str, description: str, tables: dict[str, dict[str, Any]], root: Path
+) -> Variant:
     try:
         data = _build_data("data", tables["data"])
-        model = build(ModelConfig, "model", tables["model"])
+        model = _build_model("model", tables["model"], root)
         train = build(TrainConfig, "train", tables["train"])
         sweep = build(SweepConfig, "sweep", tables["sweep"])
+        _check_across_tables(model, train)
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None
     return Variant(name=name, description=description, data=data, model=model, train=train, sweep=sweep)
+
+
+def _check_across_tables(model: MLPSpec | FactoryModel, train: TrainConfig) -> None:
+    if isinstance(model, MLPSpec) and model.norm == "ghost" and train.batch_size % model.virtual_batch_size:
+        v, b = model.virtual_batch_size, train.batch_size
+        divisors = [d for d in range(2, b + 1) if b % d == 0]
+        raise ConfigError(f"model.virtual_batch_size = {v} does not divide train.batch_size = {b} (ghost batches "
+                          f"are consecutive chunks of the batch); use one of {divisors}.")
 
 
 def parse_config(raw: Mapping[str, Any], *, root: str | Path = ".", source: str = "config") -> StudyConfig:
@@ -318,7 +422,9 @@ def parse_config(raw: Mapping[str, Any], *, root: str | Path = ".", source: str 
                 raise ConfigError(f"[{sec}] must be a table, got {raw[sec]!r}.")
         # The base tables are checked on their own first, so an error in them is reported there, not against
         # the first variant that inherits it.
-        _build_variant("", study.name, "", {sec: raw.get(sec, {}) for sec in ("data", "model", "train", "sweep")})
+        root = Path(root).resolve()
+        _build_variant("", study.name, "", {sec: raw.get(sec, {}) for sec in ("data", "model", "train", "sweep")},
+                       root)
         variants_raw = raw.get("variants", [])
         if not isinstance(variants_raw, list) or not all(isinstance(v, dict) for v in variants_raw):
             raise ConfigError("variants must be an array of tables: write each as [[variants]] with a name = \"...\".")
@@ -344,10 +450,10 @@ def parse_config(raw: Mapping[str, Any], *, root: str | Path = ".", source: str 
                     raise ConfigError(f"{where}.{sec} must be a table, e.g. {sec} = {{ key = value }}.")
                 tables[sec] = {**raw.get(sec, {}), **override}
             prefix = f"variants[{i}] ({name}): " if "variants" in raw else ""
-            variants.append(_build_variant(prefix, name, description, tables))
+            variants.append(_build_variant(prefix, name, description, tables, root))
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    return StudyConfig(study=study, variants=tuple(variants), raw=raw, root=Path(root).resolve())
+    return StudyConfig(study=study, variants=tuple(variants), raw=raw, root=root)
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
@@ -418,10 +524,17 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> StudyConfig:
 
 
 def resolved_raw(config: StudyConfig) -> dict[str, Any]:
-    """``config.raw`` with ``study.analysis`` made absolute, so the saved copy loads from any directory."""
+    """``config.raw`` with ``study.analysis`` and ``model.factory`` paths made absolute, so the saved copy loads
+    from any directory."""
     raw = copy.deepcopy(dict(config.raw))
     if config.analysis_path is not None:
         raw["study"]["analysis"] = str(config.analysis_path)
+    tables = [raw.get("model")] + [v.get("model") for v in raw.get("variants", []) if isinstance(v, dict)]
+    for table in tables:
+        if isinstance(table, dict) and isinstance(table.get("factory"), str):
+            file, sep, function = table["factory"].rpartition(":")
+            if sep and not Path(file).is_absolute():
+                table["factory"] = f"{(config.root / file).resolve()}:{function}"
     return raw
 
 

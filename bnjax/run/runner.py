@@ -1,9 +1,11 @@
 """Turns a :class:`~bnjax.run.config.StudyConfig` into trained ensembles, saved metrics and a report.
 
 Each variant is one call of :func:`bnjax.train.train_ensemble`: its sweep (seeds x numeric axes) is ONE
-vmapped program; variants differ in structure and compile separately. Metrics are appended to
-``metrics.jsonl`` after every epoch, a finished variant is saved under ``variants/<name>/`` before the next
-starts, and the engine checkpoints every epoch, so ``--resume`` continues a killed run where it stopped.
+vmapped program; variants differ in structure and compile separately. The model is the variant's
+:class:`bnjax.MLPSpec` with the data's sizes, or the :class:`bnjax.Layer` its ``model.factory`` builds. Metrics
+are appended to ``metrics.jsonl`` as the engine reports each epoch (epoch 0 before training), a finished
+variant is saved under ``variants/<name>/`` before the next starts, and the engine checkpoints every epoch
+after reporting it, so ``--resume`` continues a killed run where it stopped and every epoch is logged.
 
 A study's analysis module may define ``post_train(trained: TrainedVariant) -> dict`` to compute numbers that
 need the trained parameters (e.g. recomputed BN statistics); they are saved in ``extras.json`` so that
@@ -27,10 +29,11 @@ from typing import Any
 
 import numpy as np
 
+from bnjax._typing import Layer
 from bnjax.data import Dataset
 from bnjax.nn import MLPSpec
 from bnjax.run import _rundir
-from bnjax.run.config import StudyConfig, Variant, load_config
+from bnjax.run.config import ConfigError, FactoryModel, StudyConfig, Variant, load_config
 from bnjax.run.progress import EpochBar
 from bnjax.run.report import load_analysis, write_report
 from bnjax.run.results import (
@@ -38,14 +41,13 @@ from bnjax.run.results import (
     VariantResult,
     jsonable,
     load_variant,
-    read_metrics,
     save_variant,
     variant_dir,
 )
 from bnjax.train import EnsembleResult, TrainConfig, train_ensemble
 from bnjax.train._ensemble import check_inputs
 
-__all__ = ["TrainedVariant", "default_out_dir", "load_results", "rebuild_report", "run_study"]
+__all__ = ["TrainedVariant", "build_model", "default_out_dir", "load_results", "rebuild_report", "run_study"]
 
 CONFIG_FILE = _rundir.CONFIG_FILE
 
@@ -56,17 +58,31 @@ class TrainedVariant:
 
     Attributes:
       variant: the resolved config of the variant.
-      spec: the model that was trained.
+      spec: the model that was trained: the :class:`bnjax.MLPSpec` (sizes from the data) or, for a
+        ``model.factory`` variant, the :class:`bnjax.Layer` the factory returned. Every engine function
+        (``evaluate``, ``recompute_batch_stats``, ...) takes either.
       cfg: the training settings.
       data: the prepared dataset.
       result: the engine's result (``params``/``batch_stats`` carry a leading member axis ``K``).
     """
 
     variant: Variant
-    spec: MLPSpec
+    spec: MLPSpec | Layer
     cfg: TrainConfig
     data: Dataset
     result: EnsembleResult
+
+    @property
+    def model(self) -> MLPSpec | Layer:
+        """The trained model (the same object as ``spec``)."""
+        return self.spec
+
+
+def build_model(variant: Variant, data: Dataset) -> MLPSpec | Layer:
+    """The model of ``variant`` for ``data``: its MLPSpec with the data's sizes, or what its factory builds."""
+    if isinstance(variant.model, FactoryModel):
+        return variant.model.build(data.input_shape, data.num_classes)
+    return variant.model.replace(in_features=data.num_features, num_classes=data.num_classes)
 
 
 def default_out_dir(config: StudyConfig, base: str | Path = "runs") -> Path:
@@ -93,8 +109,7 @@ def _metric_line(variant: str, k: int, member: dict[str, Any], epoch: int, value
 
 def _check_variant(variant: Variant, data: Dataset) -> None:
     # What train_ensemble would refuse, checked before the results directory is touched.
-    spec = variant.model.spec(data.num_features, data.num_classes)
-    check_inputs(spec, variant.train, data, variant.sweep.members())
+    check_inputs(build_model(variant, data), variant.train, data, variant.sweep.members())
 
 
 def _train_variant(
@@ -107,43 +122,31 @@ def _train_variant(
     resume: bool,
     progress: bool,
 ) -> VariantResult:
-    spec = variant.model.spec(data.num_features, data.num_classes)
+    model = build_model(variant, data)
     cfg = variant.train
     members = variant.sweep.members()
+    swept = [{a: members[a][k] for a in members} for k in range(len(members["seed"]))]
     vdir = variant_dir(out, variant.name)
     vdir.mkdir(parents=True, exist_ok=True)
+    built = {"mlp_spec": dataclasses.asdict(model)} if isinstance(model, MLPSpec) else {"layer": model.name}
     (vdir / "spec.json").write_text(json.dumps(jsonable({
-        **variant.to_dict(), "mlp_spec": dataclasses.asdict(spec), "dataset": data.describe(),
-        "preprocessing": dict(data.preprocessing),
+        **variant.to_dict(), **built, "dataset": data.describe(), "preprocessing": dict(data.preprocessing),
     }), indent=1))
     ckpt = out / "checkpoints" / variant.name
-    resolved: list[dict[str, Any]] = []
 
     t0 = time.perf_counter()
-    with EpochBar(variant.name, cfg.epochs, len(members["seed"]), enabled=progress) as bar:
+    with EpochBar(variant.name, cfg.epochs, len(swept), enabled=progress) as bar:
         def callback(epoch: int, metrics: dict[str, np.ndarray]) -> None:
-            k_members = len(members["seed"])
-            log.write([_metric_line(variant.name, k, {a: members[a][k] for a in members}, epoch, metrics)
-                       for k in range(k_members)])
+            log.write([_metric_line(variant.name, k, m, epoch, metrics) for k, m in enumerate(swept)])
             bar.update(epoch, metrics)
 
-        result = train_ensemble(spec, cfg, data, members, callback=callback, checkpoint_dir=str(ckpt),
+        result = train_ensemble(model, cfg, data, members, callback=callback, checkpoint_dir=str(ckpt),
                                 resume=resume)
     resolved = result.members
 
-    # Epoch 0 (before training) and any epoch a crash left unlogged come from the final history.
-    logged = {(r["member"], r["epoch"]) for r in read_metrics(log.path) if r["variant"] == variant.name}
-    missing = []
-    for epoch in range(result.history["train_acc"].shape[1]):
-        values = {m: a[:, epoch] for m, a in result.history.items()}
-        for k in range(len(resolved)):
-            if (k, epoch) not in logged:
-                missing.append(_metric_line(variant.name, k, {a: members[a][k] for a in members}, epoch, values))
-    log.write(missing)
-
     extras: dict[str, Any] = {}
     if module is not None and callable(getattr(module, "post_train", None)):
-        extras = module.post_train(TrainedVariant(variant, spec, cfg, data, result)) or {}
+        extras = module.post_train(TrainedVariant(variant, model, cfg, data, result)) or {}
     wall = time.perf_counter() - t0
     vr = VariantResult(
         name=variant.name, members=resolved, axes=variant.sweep.axes, history=result.history,
@@ -192,6 +195,12 @@ def run_study(
     # Everything that can refuse the run does so before the directory is touched (see bnjax/run/_rundir.py).
     plan = _rundir.plan_run(out, config, resume=resume)
     module = _rundir.check_analysis(config.analysis_path)
+    for variant in config.variants:  # a missing model file or function fails here, before any training
+        if isinstance(variant.model, FactoryModel):
+            try:
+                variant.model.load()
+            except ConfigError as e:
+                raise ConfigError(f"variant {variant.name!r}: {e}") from None
     datasets = _rundir.load_and_check([v for v in config.variants if v.name not in plan.finished], _check_variant)
     with _rundir.RunDir(plan, config, command=command, source=source, device=_device(),
                         python=platform.python_version(), say=say) as run:

@@ -1,9 +1,11 @@
-"""Training: optax optimizers, a pure jitted step, epochs as ``lax.scan``, vmapped ensembles, precise BN,
-checkpoints. Imports :mod:`bnjax.nn`; never :mod:`bnjax.run`."""
+"""Training any model (a :class:`bnjax.Layer`, or an :class:`bnjax.MLPSpec`): optax optimizers, a pure jitted
+step, epochs as ``lax.scan``, vmapped ensembles of :class:`Member` settings, precise BN, checkpoints. Imports
+:mod:`bnjax.nn`; never :mod:`bnjax.run`."""
 
 from bnjax.train._checkpoint import load_checkpoint as load_checkpoint
 from bnjax.train._checkpoint import make_fingerprint as make_fingerprint
 from bnjax.train._checkpoint import save_checkpoint as save_checkpoint
+from bnjax.train._config import Member as Member
 from bnjax.train._config import TrainConfig as TrainConfig
 from bnjax.train._config import lr_factor as lr_factor
 from bnjax.train._config import make_optimizer as make_optimizer
@@ -25,6 +27,7 @@ from bnjax.train._step import make_train_step as make_train_step
 
 __all__ = [
     "EnsembleResult",
+    "Member",
     "TrainConfig",
     "TrainState",
     "evaluate",

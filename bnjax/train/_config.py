@@ -1,15 +1,18 @@
-"""Training hyperparameters, the optimizer (optax) and the learning-rate schedule."""
+"""Training hyperparameters, ensemble members, the optimizer (optax) and the learning-rate schedule."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from bnjax._typing import FieldError
 from bnjax.nn._checks import is_int as _is_int, is_number as _is_number
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -28,9 +31,9 @@ class TrainConfig:
       schedule: ``"constant"``, ``"epoch_decay"`` or ``"cosine"`` (``lr * (1 + cos(pi * t / T)) / 2`` over the
         ``T`` steps of the run).
       momentum: momentum coefficient of ``"momentum"``.
-      weight_decay: decoupled weight decay of ``"adamw"`` (applied to dense weights only, scaled by the
-        learning rate as in ``optax.adamw``).
-      l2: L2 penalty ``0.5 * l2 * sum(W**2)`` over the dense weights, added to the loss (CS231n ``reg``).
+      weight_decay: decoupled weight decay of ``"adamw"`` (applied to the ``"weight"`` leaves only -- dense and
+        convolution kernels --, scaled by the learning rate as in ``optax.adamw``).
+      l2: L2 penalty ``0.5 * l2 * sum(W**2)`` over the ``"weight"`` leaves, added to the loss (CS231n ``reg``).
       batch_size: mini-batch size; an epoch is ``N_train // batch_size`` steps over a fresh permutation (the
         remainder of the permutation is skipped that epoch).
       epochs: number of epochs.
@@ -59,51 +62,127 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         bad = _validate(self)
-        if bad:
-            raise ValueError(f"TrainConfig: {bad}")
+        if bad is not None:
+            raise FieldError("TrainConfig", *bad)
 
     def replace(self, **changes: Any) -> TrainConfig:
         """A copy with ``changes`` applied (validated again)."""
         return dataclasses.replace(self, **changes)
 
 
-def _validate(c: TrainConfig) -> str | None:
+def _validate(c: TrainConfig) -> tuple[str, Any, str] | None:
+    """The first problem with ``c`` as ``(field, value, what would be accepted)``, or None."""
     if c.optimizer not in OPTIMIZERS:
-        return f"optimizer={c.optimizer!r} is not a valid option; use one of {OPTIMIZERS}."
+        return "optimizer", c.optimizer, f"is not a valid option; use one of {OPTIMIZERS}."
     if c.schedule not in SCHEDULES:
-        return f"schedule={c.schedule!r} is not a valid option; use one of {SCHEDULES}."
+        return "schedule", c.schedule, f"is not a valid option; use one of {SCHEDULES}."
     for name in ("learning_rate", "lr_decay"):
         v = getattr(c, name)
         if not _is_number(v) or not v > 0:
-            return f"{name}={v!r} must be a positive number."
+            return name, v, "must be a positive number."
     if c.lr_decay != 1.0 and c.schedule != "epoch_decay":
-        return f"lr_decay={c.lr_decay!r} only acts with schedule='epoch_decay' (got schedule={c.schedule!r}); set both."
+        return "lr_decay", c.lr_decay, (f"only acts with schedule='epoch_decay' (got schedule={c.schedule!r}); "
+                                        f"set both.")
     if not _is_number(c.momentum) or not 0.0 <= c.momentum < 1.0:
-        return f"momentum={c.momentum!r} must be in [0, 1)."
+        return "momentum", c.momentum, "must be in [0, 1)."
     for name in ("weight_decay", "l2"):
         v = getattr(c, name)
         if not _is_number(v) or v < 0:
-            return f"{name}={v!r} must be a number >= 0."
+            return name, v, "must be a number >= 0."
     if c.weight_decay and c.optimizer != "adamw":
-        return (f"weight_decay={c.weight_decay!r} is the decoupled decay of optimizer='adamw' (got "
-                f"optimizer={c.optimizer!r}); use l2 for a penalty in the loss, or optimizer='adamw'.")
+        return "weight_decay", c.weight_decay, (f"is the decoupled decay of optimizer='adamw' (got "
+                                                f"optimizer={c.optimizer!r}); use l2 for a penalty in the loss, or "
+                                                f"optimizer='adamw'.")
     for name in ("batch_size", "epochs", "eval_train_samples", "eval_batch_size"):
         v = getattr(c, name)
         if not _is_int(v) or v < 1:
-            return f"{name}={v!r} must be a positive int."
+            return name, v, "must be a positive int."
     if not _is_int(c.precise_bn_batches) or c.precise_bn_batches < 0:
-        return f"precise_bn_batches={c.precise_bn_batches!r} must be an int >= 0 (0 turns it off)."
+        return "precise_bn_batches", c.precise_bn_batches, "must be an int >= 0 (0 turns it off)."
     if not _is_int(c.seed) or c.seed < 0:
-        return f"seed={c.seed!r} must be an int >= 0."
+        return "seed", c.seed, "must be an int >= 0."
     return None
 
 
-def _dense_weight_mask(params: Any) -> Any:
-    """True on the ``"weight"`` leaf of every ``dense_*`` layer, False elsewhere (BN/LN parameters, biases)."""
-    return {
-        name: {leaf: name.startswith("dense_") and leaf == "weight" for leaf in layer}
-        for name, layer in params.items()
-    }
+MEMBER_FIELDS = ("seed", "learning_rate", "weight_scale", "dropout", "bn_momentum")
+"""A member's settings: its seed, the learning rate (read by the optimizer step) and the model options."""
+MODEL_OPTIONS = {"weight_scale": "init", "dropout": "apply", "bn_momentum": "apply"}
+"""The member settings that reach the model as options (:class:`bnjax.Layer`), and whether ``init`` or
+``apply`` reads them."""
+
+
+def member_value_problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` as member setting ``name`` (a sentence after the value), or None.
+
+    The one copy of the member rules: :class:`Member` and a config's ``[sweep]`` axes both check with it.
+    """
+    if name == "seed":
+        return None if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0 else (
+            "must be an int >= 0.")
+    if not isinstance(value, (int, float, np.number)) or isinstance(value, bool) or not math.isfinite(value):
+        return "must be a finite number."
+    if name in ("learning_rate", "weight_scale"):
+        return None if value > 0 else "must be > 0."
+    if name == "dropout":
+        return None if 0.0 <= value < 1.0 else "must be in [0, 1) (the drop probability; keep = 1 - dropout)."
+    if name == "bn_momentum":
+        return None if 0.0 <= value <= 1.0 else "must be in [0, 1] (new = momentum * old + (1 - momentum) * batch)."
+    raise KeyError(f"{name!r} is not a member setting; they are {MEMBER_FIELDS}.")
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member of an ensemble: its seed and the settings it trains with, each a traced value in the one
+    compiled program of the ensemble.
+
+    Attributes:
+      seed: init, dropout masks and (unless batches are shared) the batch order.
+      learning_rate: base learning rate of the optimizer step (the schedule multiplies it).
+      weight_scale: init option ``weight_scale`` (:func:`bnjax.Dense` with ``init="normal"``); None: the
+        model's own.
+      dropout: apply option ``dropout``, the drop probability (:func:`bnjax.Dropout`); None: the model's own.
+      bn_momentum: apply option ``bn_momentum`` (:func:`bnjax.BatchNorm` and its variants); None: the model's
+        own.
+
+    Raises:
+      FieldError: a value out of range (``seed`` an int >= 0, ``learning_rate``/``weight_scale`` > 0,
+        ``dropout`` in [0, 1), ``bn_momentum`` in [0, 1]).
+    """
+
+    seed: int = 0
+    learning_rate: float = 1e-3
+    weight_scale: float | None = None
+    dropout: float | None = None
+    bn_momentum: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in MEMBER_FIELDS:
+            v = getattr(self, name)
+            if v is None and name in MODEL_OPTIONS:
+                continue
+            bad = member_value_problem(name, v)
+            if bad is not None:
+                raise FieldError("Member", name, v, bad)
+            object.__setattr__(self, name, int(v) if name == "seed" else float(v))
+
+    def options(self, where: str) -> dict[str, float]:
+        """The model options this member sets for ``where`` (``"init"`` or ``"apply"``)."""
+        return {k: getattr(self, k) for k, w in MODEL_OPTIONS.items() if w == where and getattr(self, k) is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain values, unset options left out (what results and reports store)."""
+        return {k: getattr(self, k) for k in MEMBER_FIELDS if getattr(self, k) is not None}
+
+
+def is_weight(path: tuple[Any, ...]) -> bool:
+    """Whether a parameter's pytree path ends in ``"weight"`` (dense and convolution kernels; biases and the
+    norms' ``scale``/``bias`` are not weights): the leaves that ``l2`` and ``weight_decay`` act on."""
+    return bool(path) and getattr(path[-1], "key", None) == "weight"
+
+
+def _weight_mask(params: Any) -> Any:
+    """True on every ``"weight"`` leaf, False elsewhere (norm parameters, biases)."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: is_weight(path), params)
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -118,7 +197,7 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
         return optax.trace(decay=cfg.momentum)
     if cfg.optimizer == "adam":
         return optax.scale_by_adam()
-    return optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(cfg.weight_decay, mask=_dense_weight_mask))
+    return optax.chain(optax.scale_by_adam(), optax.add_decayed_weights(cfg.weight_decay, mask=_weight_mask))
 
 
 def lr_factor(cfg: TrainConfig, step: Any, steps_per_epoch: int) -> jax.Array:

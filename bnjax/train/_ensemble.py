@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,9 +21,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bnjax._typing import FieldError, Layer
 from bnjax.nn._mlp import MLPSpec
 from bnjax.train import _checkpoint
-from bnjax.train._config import TrainConfig
+from bnjax.train._config import MEMBER_FIELDS, MODEL_OPTIONS, Member, TrainConfig
+from bnjax.train._model import Model, as_model
 from bnjax.train._precise_bn import _average_stats
 from bnjax.train._step import (
     TrainState,
@@ -34,7 +37,6 @@ from bnjax.train._step import (
     shared_shuffle_key,
 )
 
-MEMBER_KEYS = ("seed", "weight_scale", "dropout", "learning_rate", "bn_momentum")
 SPLITS = ("train", "val", "test")
 
 
@@ -55,8 +57,9 @@ class EnsembleResult:
     """Outcome of :func:`train_ensemble` for ``K`` members over ``E`` epochs.
 
     Attributes:
-      members: per member, its resolved hyperparameters ``{"seed", "weight_scale", "dropout",
-        "learning_rate", "bn_momentum"}``.
+      members: per member, its settings as plain values (:meth:`Member.to_dict`: ``"seed"``,
+        ``"learning_rate"`` and the options it sets; an MLP's members set ``"weight_scale"``, ``"dropout"``
+        and ``"bn_momentum"`` too).
       history: metric -> ``(K, E + 1)`` float64 array; column 0 is before training. Metrics ``train_acc``,
         ``val_acc``, ``test_acc``, ``train_loss``, ``val_loss``, ``test_loss`` (eval mode; "train" is the fixed
         subset of ``cfg.eval_train_samples`` examples; losses are mean cross-entropy without the L2 term), plus
@@ -69,6 +72,9 @@ class EnsembleResult:
         checkpoint keep their recorded times).
       steps_per_epoch: optimizer steps per epoch.
       compile_seconds: time to compile the epoch program in this process.
+      spec: the :class:`bnjax.MLPSpec` trained (sizes filled in from the data), or None for a Layer model.
+      cfg: the training configuration.
+      model: what was trained: the spec, or the :class:`bnjax.Layer`.
     """
 
     members: list[dict[str, Any]]
@@ -82,6 +88,7 @@ class EnsembleResult:
     compile_seconds: float = 0.0
     spec: MLPSpec | None = field(default=None, repr=False)
     cfg: TrainConfig | None = field(default=None, repr=False)
+    model: Layer | MLPSpec | None = field(default=None, repr=False)
 
     @property
     def num_members(self) -> int:
@@ -92,7 +99,7 @@ class EnsembleResult:
         return self.history[metric][:, -1]
 
     def member(self, k: int) -> dict[str, Any]:
-        """Member ``k``'s hyperparameters, final metrics and divergence step as plain Python values."""
+        """Member ``k``'s settings, final metrics and divergence step as plain Python values."""
         out = dict(self.members[k])
         out.update({m: _json_float(v[k, -1]) for m, v in self.history.items()})
         out["diverged_step"] = int(self.diverged_step[k])
@@ -118,48 +125,61 @@ def _json_float(v: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def resolve_members(spec: MLPSpec, cfg: TrainConfig, members: dict[str, list[Any]] | None) -> list[dict[str, Any]]:
-    """Per-member hyperparameters from ``members`` (a dict of equal-length lists), defaults from spec/cfg."""
+def _model_of(model: Any, fn: str) -> Model:
+    if isinstance(model, MLPSpec) and (model.in_features is None or model.num_classes is None):
+        raise ValueError(f"{fn}: the MLPSpec has in_features={model.in_features!r}, num_classes="
+                         f"{model.num_classes!r}; set both (train_ensemble fills them from the data).")
+    return as_model(model, fn)
+
+
+def resolve_members(
+    model: Layer | MLPSpec, cfg: TrainConfig, members: Mapping[str, Sequence[Any]] | Sequence[Member] | None
+) -> list[Member]:
+    """The validated :class:`Member` list of ``members``, with defaults filled in.
+
+    ``members`` is a dict of equal-length lists over ``"seed"``, ``"learning_rate"``, ``"weight_scale"``,
+    ``"dropout"``, ``"bn_momentum"`` (one entry per member), a sequence of :class:`Member`, or None (one
+    member). Missing settings take ``cfg.seed`` and ``cfg.learning_rate``, and for an :class:`bnjax.MLPSpec`
+    the spec's ``weight_scale``, ``dropout`` and ``bn_momentum`` (a Layer keeps its own values). A setting
+    that members give explicitly must be an option the model takes (ValueError otherwise: a sweep that the
+    model ignores would train identical members).
+    """
     fn = "train_ensemble"
-    defaults = {
-        "seed": cfg.seed, "weight_scale": spec.weight_scale, "dropout": spec.dropout,
-        "learning_rate": cfg.learning_rate, "bn_momentum": spec.bn_momentum,
-    }
+    m = _model_of(model, fn)
+    defaults: dict[str, Any] = {"seed": cfg.seed, "learning_rate": cfg.learning_rate}
+    if m.spec is not None:
+        defaults |= {k: getattr(m.spec, k) for k in MODEL_OPTIONS}
     if members is None:
-        return [defaults]
-    if not isinstance(members, dict):
-        raise TypeError(f"{fn}: members must be a dict of equal-length lists over {MEMBER_KEYS}, "
-                        f"got {type(members).__name__}.")
-    unknown = sorted(set(members) - set(MEMBER_KEYS))
-    if unknown:
-        raise ValueError(f"{fn}: members has unknown keys {unknown}; valid keys are {MEMBER_KEYS}.")
-    lengths = {k: len(v) for k, v in members.items()}
-    if not lengths or len(set(lengths.values())) != 1 or 0 in lengths.values():
-        raise ValueError(f"{fn}: members must hold non-empty lists of one common length, got lengths {lengths}.")
-    k_members = next(iter(lengths.values()))
+        return [Member(**defaults)]
+    if isinstance(members, Mapping):
+        unknown = sorted(set(members) - set(MEMBER_FIELDS))
+        if unknown:
+            raise ValueError(f"{fn}: members has unknown keys {unknown}; valid keys are {MEMBER_FIELDS}.")
+        lengths = {k: len(v) for k, v in members.items()}
+        if not lengths or len(set(lengths.values())) != 1 or 0 in lengths.values():
+            raise ValueError(f"{fn}: members must hold non-empty lists of one common length, got lengths {lengths}.")
+        given = list(members)
+        rows = [{k: members[k][i] for k in given} for i in range(next(iter(lengths.values())))]
+    elif isinstance(members, Sequence) and members and all(isinstance(x, Member) for x in members):
+        given = sorted({k for x in members for k, v in x.to_dict().items() if k in MODEL_OPTIONS})
+        rows = [{k: v for k, v in x.to_dict().items()} for x in members]
+    else:
+        raise TypeError(f"{fn}: members must be a dict of equal-length lists over {MEMBER_FIELDS} or a non-empty "
+                        f"list of bnjax.train.Member, got {type(members).__name__}.")
     out = []
-    for k in range(k_members):
-        m = dict(defaults)
-        for name, values in members.items():
-            v = values[k]
-            if name == "seed":
-                if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v < 0:
-                    raise ValueError(f"{fn}: members['seed'][{k}]={v!r} must be an int >= 0.")
-                m[name] = int(v)
-            else:
-                if not isinstance(v, (int, float, np.number)) or isinstance(v, bool) or not math.isfinite(v):
-                    raise ValueError(f"{fn}: members[{name!r}][{k}]={v!r} must be a finite number.")
-                m[name] = float(v)
-        out.append(m)
-    ranges = {"dropout": (0.0, 1.0, "[0, 1)"), "bn_momentum": (0.0, 1.0, "[0, 1]")}
-    for k, m in enumerate(out):
-        if not 0.0 <= m["dropout"] < 1.0:
-            raise ValueError(f"{fn}: members['dropout'][{k}]={m['dropout']!r} must be in {ranges['dropout'][2]}.")
-        if not 0.0 <= m["bn_momentum"] <= 1.0:
-            raise ValueError(f"{fn}: members['bn_momentum'][{k}]={m['bn_momentum']!r} must be in [0, 1].")
-        for name in ("weight_scale", "learning_rate"):
-            if not m[name] > 0:
-                raise ValueError(f"{fn}: members[{name!r}][{k}]={m[name]!r} must be positive.")
+    for k, row in enumerate(rows):
+        try:
+            out.append(Member(**(defaults | row)))
+        except FieldError as e:
+            raise ValueError(f"{fn}: members[{e.field!r}][{k}]={e.value!r} {e.expected}") from None
+    for name in given:
+        where = MODEL_OPTIONS.get(name)
+        if where is not None and not m.takes(name, where):
+            raise ValueError(
+                f"{fn}: members set {name!r}, but the model's {where} takes no {name!r} option, so every member "
+                f"would train alike; drop it from the members, or give the model a layer that reads it "
+                f"({ {'weight_scale': 'bnjax.Dense', 'dropout': 'bnjax.Dropout'}.get(name, 'bnjax.BatchNorm') })."
+            )
     return out
 
 
@@ -167,9 +187,15 @@ def _stack(trees: list[Any]) -> Any:
     return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
 
 
-def init_ensemble(spec: MLPSpec, cfg: TrainConfig, members: list[dict[str, Any]]) -> TrainState:
-    """The stacked initial :class:`TrainState` of resolved ``members`` (each built by :func:`init_train_state`)."""
-    return _stack([init_train_state(spec, cfg, **m) for m in members])
+def _member(m: Member | Mapping[str, Any]) -> Member:
+    return m if isinstance(m, Member) else Member(**m)
+
+
+def init_ensemble(model: Layer | MLPSpec, cfg: TrainConfig, members: Sequence[Member | Mapping[str, Any]]
+                  ) -> TrainState:
+    """The stacked initial :class:`TrainState` of ``members`` (each built by :func:`init_train_state`)."""
+    m = as_model(model, "init_ensemble")
+    return _stack([init_train_state(m, cfg, **_member(x).to_dict()) for x in members])
 
 
 def _squeeze(tree: Any) -> Any:
@@ -181,7 +207,7 @@ def _expand(tree: Any) -> Any:
 
 
 def make_epoch_fn(
-    spec: MLPSpec,
+    model: Layer | MLPSpec,
     cfg: TrainConfig,
     *,
     num_members: int,
@@ -191,24 +217,25 @@ def make_epoch_fn(
 ) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, jax.Array]]:
     """One epoch of ``K`` members as a pure function ``(states, x, y, shuffle_key) -> (states, losses)``.
 
-    ``x (N, D)``, ``y (N,)`` are the whole training set (on device); each step gathers the members'
+    ``x (N, ...)``, ``y (N,)`` are the whole training set (on device); each step gathers the members'
     mini-batches from it. With ``shared_batches`` every member sees the same order, drawn from
     ``shuffle_key`` (raw key data), and the step is :func:`make_shared_batch_ensemble_step` (the first layer
-    of all members as one matmul); otherwise each member shuffles with its own key and the step is
-    ``jax.vmap`` of :func:`make_train_step`. ``K = 1`` runs :func:`make_train_step` without vmap. ``losses``
-    is ``(K, steps)``. Jit it with ``donate_argnums=0``.
+    of all members as one matmul where it is a dense layer); otherwise each member shuffles with its own key
+    and the step is ``jax.vmap`` of :func:`make_train_step`. ``K = 1`` runs :func:`make_train_step` without
+    vmap. ``losses`` is ``(K, steps)``. Jit it with ``donate_argnums=0``.
     """
+    m = as_model(model, "make_epoch_fn")
     steps = num_train // cfg.batch_size
     bs = cfg.batch_size
     single = num_members == 1
     # One member runs without vmap (a vmap of one is measurably slower); the leading axis is removed outside
     # the loop so the loop carry holds plain arrays.
     if single:
-        batched_step = make_train_step(spec, cfg, steps, use_dropout=use_dropout)
+        batched_step = make_train_step(m, cfg, steps, use_dropout=use_dropout)
     elif shared_batches:
-        batched_step = make_shared_batch_ensemble_step(spec, cfg, steps, use_dropout=use_dropout)
+        batched_step = make_shared_batch_ensemble_step(m, cfg, steps, use_dropout=use_dropout)
     else:
-        batched_step = jax.vmap(make_train_step(spec, cfg, steps, use_dropout=use_dropout))
+        batched_step = jax.vmap(make_train_step(m, cfg, steps, use_dropout=use_dropout))
 
     def epoch(states: TrainState, x: jax.Array, y: jax.Array, shuffle_key: jax.Array):
         st = _squeeze(states) if single else states
@@ -232,21 +259,23 @@ def make_epoch_fn(
 
 
 def make_eval_fn(
-    spec: MLPSpec, cfg: TrainConfig, *, num_members: int, precise_batches: int = 0
+    model: Layer | MLPSpec, cfg: TrainConfig, *, num_members: int, precise_batches: int = 0
 ) -> Callable[..., dict[str, jax.Array]]:
     """``(states, sets, precise_x) -> {metric: (K,)}``: eval-mode accuracy and loss on each ``(name, x, y)``
     of ``sets``; with ``precise_batches`` also after :func:`recompute_batch_stats`-style statistics from
     ``precise_x``."""
+    m = as_model(model, "make_eval_fn")
 
     def one(params, batch_stats, sets, precise_x):
         out = {}
         variants = [("", batch_stats)]
         if precise_batches:
-            xb = precise_x.reshape(precise_batches, cfg.batch_size, -1)
-            variants.append(("_precise", _average_stats(spec, params, batch_stats, xb, unbiased=False, rate=0.0, key=None)))
+            xb = precise_x.reshape(precise_batches, cfg.batch_size, *precise_x.shape[1:])
+            variants.append(("_precise", _average_stats(m, params, batch_stats, xb, unbiased=False, rate=0.0,
+                                                        key=None)))
         for suffix, stats in variants:
             for name, (x, y) in sets.items():
-                r = evaluate(spec, params, stats, x, y, batch_size=cfg.eval_batch_size)
+                r = evaluate(m, params, stats, x, y, batch_size=cfg.eval_batch_size)
                 out[f"{name}_acc{suffix}"] = r["acc"]
                 out[f"{name}_loss{suffix}"] = r["loss"]
         return out
@@ -259,9 +288,11 @@ def make_eval_fn(
     return lambda states, sets, precise_x: batched(states.params, states.batch_stats, sets, precise_x)
 
 
-def _program_spec(spec: MLPSpec) -> MLPSpec:
-    """``spec`` with the fields that only give traced per-member defaults reset, for program caching."""
-    return spec.replace(weight_scale=1.0, dropout=0.0, bn_momentum=0.0)
+def _program_model(m: Model) -> Model:
+    """``m`` with the spec fields that only give traced per-member defaults reset, for program caching."""
+    if m.spec is None:
+        return m
+    return as_model(m.spec.replace(weight_scale=1.0, dropout=0.0, bn_momentum=0.0), "train_ensemble")
 
 
 def _program_cfg(cfg: TrainConfig, *, eval_fields: bool = False) -> TrainConfig:
@@ -275,62 +306,81 @@ def _program_cfg(cfg: TrainConfig, *, eval_fields: bool = False) -> TrainConfig:
 
 
 @functools.lru_cache(maxsize=16)
-def _jitted_eval(spec: MLPSpec, cfg: TrainConfig, num_members: int) -> Callable[..., Any]:
-    return jax.jit(make_eval_fn(spec, cfg, num_members=num_members, precise_batches=cfg.precise_bn_batches))
+def _jitted_eval(model: Model, cfg: TrainConfig, num_members: int) -> Callable[..., Any]:
+    return jax.jit(make_eval_fn(model, cfg, num_members=num_members, precise_batches=cfg.precise_bn_batches))
 
 
 @functools.lru_cache(maxsize=16)
 def _compiled_epoch(
-    spec: MLPSpec, cfg: TrainConfig, num_members: int, num_train: int, shared: bool, use_dropout: bool,
-    x_aval: jax.ShapeDtypeStruct,
+    model: Model, cfg: TrainConfig, num_members: int, num_train: int, shared: bool, use_dropout: bool,
+    options: tuple[str, ...], x_aval: jax.ShapeDtypeStruct,
 ) -> Any:
-    """The compiled epoch program, cached: a sweep that repeats a configuration compiles it once."""
+    """The compiled epoch program, cached: a sweep that repeats a configuration compiles it once.
+
+    ``options``: the model options the members set (they shape the traced ``hyper`` of the state).
+    """
     fn = jax.jit(
-        make_epoch_fn(spec, cfg, num_members=num_members, num_train=num_train, shared_batches=shared,
+        make_epoch_fn(model, cfg, num_members=num_members, num_train=num_train, shared_batches=shared,
                       use_dropout=use_dropout),
         donate_argnums=0,
     )
-    members = [{"seed": 0, "weight_scale": 1.0, "dropout": 0.0, "learning_rate": 1.0, "bn_momentum": 0.0}]
-    states = jax.eval_shape(lambda: init_ensemble(spec, cfg, members * num_members))
+    template = Member(seed=0, learning_rate=1.0, **{k: 0.5 for k in options})
+    states = jax.eval_shape(lambda: init_ensemble(model, cfg, [template] * num_members))
     y_aval = jax.ShapeDtypeStruct((x_aval.shape[0],), jnp.int32)
     return fn.lower(states, x_aval, y_aval, jax.eval_shape(lambda: shared_shuffle_key(0))).compile()
 
 
-def _as_split(data: Any, split: str, in_features: int) -> tuple[np.ndarray, np.ndarray]:
+def _as_split(data: Any, split: str, m: Model) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(getattr(data, f"x_{split}"), np.float32)
     y = np.asarray(getattr(data, f"y_{split}"))
-    x = x.reshape(len(x), -1) if len(x) else x.reshape(0, in_features)  # an empty split stays (0, D)
-    if x.shape[1] != in_features:
-        raise ValueError(
-            f"train_ensemble: data.x_{split} has {x.shape[1]} features per example (shape "
-            f"{np.shape(getattr(data, f'x_{split}'))}) but spec.in_features={in_features}; set "
-            f"MLPSpec(in_features={x.shape[1]})."
-        )
+    if m.spec is not None:  # an MLP reads flat vectors; an empty split stays (0, D)
+        d = m.spec.in_features
+        x = x.reshape(len(x), -1) if len(x) else x.reshape(0, d)
+        if x.shape[1] != d:
+            raise ValueError(
+                f"train_ensemble: data.x_{split} has {x.shape[1]} features per example (shape "
+                f"{np.shape(getattr(data, f'x_{split}'))}) but spec.in_features={d}; set "
+                f"MLPSpec(in_features={x.shape[1]}) (or None: from the data)."
+            )
     if len(y) != len(x) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"train_ensemble: data.y_{split} must be {len(x)} integer labels, got shape {y.shape} "
                          f"dtype {y.dtype}.")
     return x, y.astype(np.int32)
 
 
-def _loop_inputs(spec: MLPSpec, cfg: TrainConfig, data: Any) -> dict[str, Any]:
+def _check_output(m: Model, x: np.ndarray, num_classes: int, batch_size: int) -> None:
+    """The model maps a training batch to ``(batch, num_classes)`` logits (checked on shapes only)."""
     fn = "train_ensemble"
-    splits = {s: _as_split(data, s, spec.in_features) for s in SPLITS}
+    params, stats = jax.eval_shape(m.layer.init, jax.random.key(0))
+    xb = jax.ShapeDtypeStruct((batch_size, *x.shape[1:]), jnp.float32)
+    out = jax.eval_shape(lambda p, s, xb: m.layer.apply(p, s, xb, False)[0], params, stats, xb)
+    if tuple(out.shape) != (batch_size, num_classes):
+        raise ValueError(f"{fn}: the model maps a batch of {batch_size} examples of shape {tuple(x.shape[1:])} to "
+                         f"an output of shape {tuple(out.shape)}; it must give ({batch_size}, {num_classes}) logits "
+                         f"for the data's {num_classes} classes.")
+
+
+def _loop_inputs(m: Model, cfg: TrainConfig, data: Any) -> dict[str, Any]:
+    fn = "train_ensemble"
+    splits = {s: _as_split(data, s, m) for s in SPLITS}
     n_train = len(splits["train"][0])
     if n_train < cfg.batch_size:
         raise ValueError(f"{fn}: the training set has {n_train} examples, fewer than cfg.batch_size="
                          f"{cfg.batch_size}; lower the batch size.")
     num_classes = int(data.num_classes)
-    if num_classes != spec.num_classes:
-        raise ValueError(f"{fn}: data has {num_classes} classes but spec.num_classes={spec.num_classes}.")
+    if m.spec is not None and num_classes != m.spec.num_classes:
+        raise ValueError(f"{fn}: data has {num_classes} classes but spec.num_classes={m.spec.num_classes}.")
     for s, (_, y) in splits.items():
         if len(y) and (y.min() < 0 or y.max() >= num_classes):
             raise ValueError(f"{fn}: data.y_{s} has labels outside [0, {num_classes}).")
+    if m.spec is None:
+        _check_output(m, splits["train"][0], num_classes, cfg.batch_size)
     # Fixed subsets, the same for every member and every epoch (seeded by cfg.seed).
     rng = np.random.default_rng([cfg.seed, 7])
     x_tr, y_tr = splits["train"]
     sub = np.sort(rng.permutation(n_train)[: min(cfg.eval_train_samples, n_train)])
     sets = {"train": (x_tr[sub], y_tr[sub]), "val": splits["val"], "test": splits["test"]}
-    precise_x = np.zeros((0, spec.in_features), np.float32)
+    precise_x = np.zeros((0, *x_tr.shape[1:]), np.float32)
     if cfg.precise_bn_batches:
         need = cfg.precise_bn_batches * cfg.batch_size
         if need > n_train:
@@ -340,49 +390,71 @@ def _loop_inputs(spec: MLPSpec, cfg: TrainConfig, data: Any) -> dict[str, Any]:
     return {"x": x_tr, "y": y_tr, "sets": sets, "precise_x": precise_x}
 
 
-def check_inputs(spec: MLPSpec, cfg: TrainConfig, data: DatasetLike, members: dict[str, list[Any]] | None = None,
-                 ) -> None:
+def check_inputs(model: Any, cfg: TrainConfig, data: DatasetLike, members: Any = None) -> None:
     """Raises the ValueError/TypeError :func:`train_ensemble` would raise for these arguments, without training
     (a runner calls it before writing anything)."""
-    resolve_members(spec, cfg, members)
-    _loop_inputs(spec, cfg, data)
+    m = as_model(model, "train_ensemble")
+    resolve_members(m, cfg, members)
+    _loop_inputs(m, cfg, data)
+
+
+@dataclass(frozen=True)
+class _LayerIdentity:
+    """What a checkpoint fingerprint records of a Layer model: its name and its pytrees' shapes and dtypes."""
+
+    name: str
+    pytrees: str
+
+
+def _identity(m: Model) -> Any:
+    if m.spec is not None:
+        return m.spec
+    shapes = jax.eval_shape(m.layer.init, jax.random.key(0))
+    text = json.dumps(jax.tree.map(lambda a: [list(a.shape), str(a.dtype)], shapes), sort_keys=True)
+    return _LayerIdentity(m.layer.name, text)
 
 
 def train_ensemble(
-    spec: MLPSpec,
+    model: Layer | MLPSpec,
     cfg: TrainConfig,
     data: DatasetLike,
-    members: dict[str, list[Any]] | None = None,
+    members: Mapping[str, Sequence[Any]] | Sequence[Member] | None = None,
     *,
     shared_batches: bool = False,
     callback: Callable[[int, dict[str, np.ndarray]], None] | None = None,
     checkpoint_dir: str | None = None,
     resume: bool = False,
 ) -> EnsembleResult:
-    """Trains ``K`` MLPs at once and evaluates them after every epoch.
+    """Trains ``K`` models at once and evaluates them before training and after every epoch.
 
     Every epoch is one jitted call (state buffers donated): a ``lax.scan`` over ``N_train // batch_size``
     mini-batches drawn by a permutation computed on device; then one jitted evaluation in eval mode on a
     fixed training subset, the validation and the test set.
 
     Args:
-      spec: the model; ``spec.in_features`` must equal the flattened size of an example.
+      model: a :class:`bnjax.Layer` (any ``init``/``apply`` pair mapping ``(B, *example_shape)`` inputs to
+        ``(B, num_classes)`` logits, e.g. ``bnjax.serial(...)`` or what a config's ``model.factory`` returns)
+        or an :class:`bnjax.MLPSpec` (built by :func:`bnjax.mlp`; its ``in_features``/``num_classes`` may be
+        None, then they come from the data).
       cfg: the training configuration.
-      data: an object with ``x_train, y_train, x_val, y_val, x_test, y_test`` (NumPy; x is flattened to
-        ``(N, -1)`` float32, y integer labels) and ``num_classes`` (``bnjax.data.Dataset``); ``name`` is used
-        in the checkpoint fingerprint when present.
-      members: dict of equal-length lists over ``"seed"``, ``"weight_scale"``, ``"dropout"``,
-        ``"learning_rate"``, ``"bn_momentum"``; missing keys take ``cfg.seed`` / the spec and cfg values.
-        ``None``: one member with ``cfg.seed``. Member ``k``'s init and randomness depend only on its own
-        values, so it trains exactly as it would alone (up to float reassociation under vmap).
+      data: an object with ``x_train, y_train, x_val, y_val, x_test, y_test`` (NumPy; x as float32 -- flattened
+        to ``(N, -1)`` for an MLP, kept ``(N, *example_shape)`` for a Layer --, y integer labels) and
+        ``num_classes`` (``bnjax.data.Dataset``); ``name`` is used in the checkpoint fingerprint when present.
+      members: a dict of equal-length lists over ``"seed"``, ``"learning_rate"``, ``"weight_scale"``,
+        ``"dropout"``, ``"bn_momentum"``, or a list of :class:`Member` (see :func:`resolve_members` for the
+        defaults). ``None``: one member with ``cfg.seed``. Member ``k``'s init and randomness depend only on
+        its own values, so it trains exactly as it would alone (up to float reassociation under vmap).
       shared_batches: every member sees the same mini-batch order (drawn from ``cfg.seed``) instead of its
-        own (drawn from its seed); dropout masks stay per member. Faster: the first layer of all members is
-        then one matmul (on the 2-core CPU about 0.65-0.7x the time of K single-model steps, against
-        0.85-1.1x with an order per member). Natural for hyperparameter sweeps (paired comparisons); keep the
-        default when members are replicates whose data order should vary too.
-      callback: ``callback(epoch, metrics)`` after each epoch (1-based), ``metrics`` maps every history
-        metric plus ``"loss"`` (mean train-mode loss of the epoch) to a ``(K,)`` NumPy array.
-      checkpoint_dir: if set, the full state is saved there at every epoch boundary (atomically).
+        own (drawn from its seed); dropout masks stay per member. Faster when the model starts with a dense
+        layer: the first layer of all members is then one matmul (on the 2-core CPU about 0.65-0.7x the time
+        of K single-model steps, against 0.85-1.1x with an order per member). Natural for hyperparameter
+        sweeps (paired comparisons); keep the default when members are replicates whose data order should
+        vary too.
+      callback: ``callback(epoch, metrics)`` after the evaluation before training (epoch 0) and after each
+        epoch; ``metrics`` maps every history metric to a ``(K,)`` NumPy array, plus ``"loss"`` (mean
+        train-mode loss of the epoch) from epoch 1. A resumed run calls it for the epochs it trains.
+      checkpoint_dir: if set, the full state is saved there at every epoch boundary (atomically), after the
+        callback has seen the epoch, so a run killed in between repeats that epoch and reports it again.
       resume: continue from the checkpoint in ``checkpoint_dir`` if there is one (its fingerprint must match
         this call, otherwise ValueError). With ``resume=False`` an existing checkpoint is overwritten.
 
@@ -390,26 +462,33 @@ def train_ensemble(
       An :class:`EnsembleResult`.
     """
     fn = "train_ensemble"
-    if not isinstance(spec, MLPSpec) or not isinstance(cfg, TrainConfig):
-        raise TypeError(f"{fn}: spec must be an MLPSpec and cfg a TrainConfig, got {type(spec).__name__} and "
-                        f"{type(cfg).__name__}.")
+    if isinstance(model, MLPSpec):
+        x_example = np.shape(getattr(data, "x_train"))[1:]
+        model = model.replace(in_features=math.prod(x_example) if model.in_features is None else model.in_features,
+                              num_classes=int(data.num_classes) if model.num_classes is None else model.num_classes)
+    m = as_model(model, fn)
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"{fn}: cfg must be a TrainConfig, got {type(cfg).__name__}.")
     if resume and checkpoint_dir is None:
         raise ValueError(f"{fn}: resume=True needs checkpoint_dir, the directory holding the checkpoint.")
-    resolved = resolve_members(spec, cfg, members)
+    resolved = resolve_members(m, cfg, members)
     k_members = len(resolved)
-    inputs = _loop_inputs(spec, cfg, data)
+    inputs = _loop_inputs(m, cfg, data)
     n_train = len(inputs["x"])
     steps = n_train // cfg.batch_size
-    use_dropout = any(m["dropout"] > 0 for m in resolved)
+    use_dropout = any(x.dropout is not None and x.dropout > 0 for x in resolved)
+    options = tuple(sorted(k for k in MODEL_OPTIONS if getattr(resolved[0], k) is not None))
+    member_dicts = [x.to_dict() for x in resolved]
 
-    states = init_ensemble(spec, cfg, resolved)
+    states = init_ensemble(m, cfg, resolved)
     history = {}
     loss_history = np.zeros((k_members, 0), np.float32)
     epoch_times: list[float] = []
     start_epoch = 0
     fingerprint = None
     if checkpoint_dir is not None:
-        fingerprint = _checkpoint.make_fingerprint(spec, cfg, resolved, data, shared_batches=shared_batches)
+        fingerprint = _checkpoint.make_fingerprint(_identity(m), cfg, member_dicts, data,
+                                                   shared_batches=shared_batches)
         payload = _checkpoint.load_checkpoint(checkpoint_dir, fingerprint) if resume else None
         if payload is not None:
             states = jax.device_put(_checkpoint.restore_tree(jax.device_get(states), payload["state"]))
@@ -424,12 +503,13 @@ def train_ensemble(
     precise_x = jnp.asarray(inputs["precise_x"])
     shuffle_key = shared_shuffle_key(cfg.seed)
 
-    eval_fn = _jitted_eval(_program_spec(spec), _program_cfg(cfg, eval_fields=True), k_members)
+    program = _program_model(m)
+    eval_fn = _jitted_eval(program, _program_cfg(cfg, eval_fields=True), k_members)
     t0 = time.perf_counter()
     compiled = None
     if start_epoch < cfg.epochs:
         compiled = _compiled_epoch(
-            _program_spec(spec), _program_cfg(cfg), k_members, n_train, shared_batches, use_dropout,
+            program, _program_cfg(cfg), k_members, n_train, shared_batches, use_dropout, options,
             jax.ShapeDtypeStruct(x_dev.shape, x_dev.dtype),
         )
     compile_seconds = time.perf_counter() - t0
@@ -443,7 +523,9 @@ def train_ensemble(
         return values
 
     if start_epoch == 0:
-        record(0, eval_fn(states, sets, precise_x))
+        values = record(0, eval_fn(states, sets, precise_x))
+        if callback is not None:
+            callback(0, values)
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         states, losses = compiled(states, x_dev, y_dev, shuffle_key)
@@ -451,6 +533,8 @@ def train_ensemble(
         epoch_times.append(time.perf_counter() - t0)
         loss_history = np.concatenate([loss_history, losses], axis=1)
         values = record(epoch, eval_fn(states, sets, precise_x))
+        if callback is not None:
+            callback(epoch, values | {"loss": losses.mean(axis=1)})
         if checkpoint_dir is not None:
             _checkpoint.save_checkpoint(checkpoint_dir, fingerprint, {
                 "epoch": epoch,
@@ -459,12 +543,10 @@ def train_ensemble(
                 "loss_history": loss_history,
                 "epoch_times": np.asarray(epoch_times, np.float64),
             })
-        if callback is not None:
-            callback(epoch, values | {"loss": losses.mean(axis=1)})
 
     final = jax.device_get(states)
     return EnsembleResult(
-        members=resolved,
+        members=member_dicts,
         history=history,
         loss_history=loss_history,
         diverged_step=np.asarray(final.diverged_step, np.int64),
@@ -473,6 +555,7 @@ def train_ensemble(
         epoch_times=epoch_times,
         steps_per_epoch=steps,
         compile_seconds=compile_seconds,
-        spec=spec,
+        spec=m.spec,
         cfg=cfg,
+        model=model,
     )

@@ -17,7 +17,7 @@ import jax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from bnjax._typing import Array
+from bnjax._typing import Array, Layer
 from bnjax.nn._mlp import MLPSpec
 from bnjax.train._config import TrainConfig
 from bnjax.train._step import TrainState, make_train_step
@@ -58,7 +58,7 @@ def _checked(step: Step, mesh: Mesh, data_spec: P, batch_dim: int, axis: str) ->
 
 
 def make_data_parallel_step(
-    spec: MLPSpec,
+    model: Layer | MLPSpec,
     cfg: TrainConfig,
     steps_per_epoch: int,
     mesh: Mesh,
@@ -69,7 +69,7 @@ def make_data_parallel_step(
 ) -> Step:
     """A jitted data-parallel training step ``step(state, (x, y)) -> (state, {"loss"})`` of one member.
 
-    ``x (B, D)`` and ``y (B,)`` are split into equal shards of ``B / n`` rows over the ``n`` devices of mesh
+    ``x (B, ...)`` and ``y (B,)`` are split into equal shards of ``B / n`` rows over the ``n`` devices of mesh
     axis ``axis`` (``PartitionSpec(axis)``); the :class:`TrainState` and the metrics are replicated
     (``PartitionSpec()``). With ``sync_bn=True`` and no dropout this equals :func:`make_train_step` on the
     whole batch up to float reassociation. The loss is the mean over all ``B`` examples; the dropout key of a
@@ -77,7 +77,7 @@ def make_data_parallel_step(
     global loss and the ``psum`` of the per-device sentinels, so all devices freeze together.
 
     Args:
-      spec, cfg, steps_per_epoch: as for :func:`make_train_step`.
+      model, cfg, steps_per_epoch: as for :func:`make_train_step`.
       mesh: a ``jax.sharding.Mesh`` holding ``axis`` (e.g. ``jax.make_mesh((jax.device_count(),), ("data",))``).
       axis: the mesh axis the batch is split over.
       sync_bn: True -- synchronized batch norm (global statistics); False -- per-device "ghost" batch norm,
@@ -88,13 +88,13 @@ def make_data_parallel_step(
       The jitted step. ``B`` must be a multiple of ``n`` (ValueError otherwise).
     """
     _check_axis(mesh, axis)
-    step = make_train_step(spec, cfg, steps_per_epoch, use_dropout=use_dropout, axis_name=axis, sync_bn=sync_bn)
+    step = make_train_step(model, cfg, steps_per_epoch, use_dropout=use_dropout, axis_name=axis, sync_bn=sync_bn)
     sharded = jax.shard_map(step, mesh=mesh, in_specs=(P(), (P(axis), P(axis))), out_specs=(P(), P()))
     return _checked(jax.jit(sharded), mesh, P(axis), 0, axis)
 
 
 def make_data_parallel_ensemble_step(
-    spec: MLPSpec,
+    model: Layer | MLPSpec,
     cfg: TrainConfig,
     steps_per_epoch: int,
     mesh: Mesh,
@@ -111,7 +111,7 @@ def make_data_parallel_ensemble_step(
     on its own, so member ``k`` trains as :func:`make_data_parallel_step` would train it alone.
 
     Args:
-      spec, cfg, steps_per_epoch, mesh, axis, sync_bn, use_dropout: as for :func:`make_data_parallel_step`.
+      model, cfg, steps_per_epoch, mesh, axis, sync_bn, use_dropout: as for :func:`make_data_parallel_step`.
       shared_batch: False -- per-member batches ``x (K, B, D)``, ``y (K, B)``, split along ``B``
         (``PartitionSpec(None, axis)``); True -- one batch ``x (B, D)``, ``y (B,)`` for all members, split
         along ``B``.
@@ -120,7 +120,7 @@ def make_data_parallel_ensemble_step(
       The jitted step ``(states, (x, y)) -> (states, {"loss": (K,)})``.
     """
     _check_axis(mesh, axis)
-    step = make_train_step(spec, cfg, steps_per_epoch, use_dropout=use_dropout, axis_name=axis, sync_bn=sync_bn)
+    step = make_train_step(model, cfg, steps_per_epoch, use_dropout=use_dropout, axis_name=axis, sync_bn=sync_bn)
     data_spec = P(axis) if shared_batch else P(None, axis)
     members = jax.vmap(step, in_axes=(0, None if shared_batch else 0))
     sharded = jax.shard_map(members, mesh=mesh, in_specs=(P(), (data_spec, data_spec)), out_specs=(P(), P()))

@@ -11,18 +11,45 @@ their own batch statistics) -- what torch's ``torch.optim.swa_utils.update_bn`` 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from bnjax._typing import Array, Params, PRNGKey, State
-from bnjax.nn._mlp import MLPSpec, mlp_apply
+from bnjax._typing import Array, Layer, Params, PRNGKey, State
+from bnjax.nn._combinators import select_options
+from bnjax.nn._mlp import MLPSpec
+from bnjax.train._model import Model, as_model, stats_layout
+
+_OPTIONS = ("bn_average", "bn_unbiased")
+
+
+def _is_stats(tree: Any) -> bool:
+    return isinstance(tree, Mapping) and "mean" in tree and "var" in tree
+
+
+def _zero_counted(batch_stats: State) -> State:
+    """Every running-statistics dict of ``batch_stats`` as ``{"mean": 0, "var": 0, "count": 0}``."""
+    if _is_stats(batch_stats):
+        return {"mean": jnp.zeros_like(batch_stats["mean"]), "var": jnp.zeros_like(batch_stats["var"]),
+                "count": jnp.zeros((), jnp.int32)}
+    return {k: _zero_counted(v) if isinstance(v, Mapping) else v for k, v in batch_stats.items()}
+
+
+def _like(layout: State, stats: State) -> State:
+    """``stats`` in the layout of ``layout``: a ``"count"`` only where ``layout`` has one."""
+    if _is_stats(layout):
+        out = {"mean": stats["mean"], "var": stats["var"]}
+        if "count" in layout:  # a model trained in cumulative mode keeps its layout: count = batches averaged
+            out["count"] = stats["count"]
+        return out
+    return {k: _like(v, stats[k]) if isinstance(v, Mapping) else v for k, v in layout.items()}
 
 
 def _average_stats(
-    spec: MLPSpec,
+    model: Model,
     params: Params,
     batch_stats: State,
     batches: Array,
@@ -31,41 +58,38 @@ def _average_stats(
     rate: Any,
     key: PRNGKey | None,
 ) -> State:
-    """Core of :func:`recompute_batch_stats` on ``batches (B, m, D)``; jit/vmap friendly."""
-    # The model's own cumulative mode is exactly "simple average of every batch's statistics": starting from
+    """Core of :func:`recompute_batch_stats` on ``batches (B, m, ...)``; jit/vmap friendly.
+
+    ``rate``: the drop rate passed as the ``dropout`` option (0 turns dropout off), or None for the model's own.
+    """
+    # The layers' own cumulative mode is exactly "simple average of every batch's statistics": starting from
     # count 0, the initial values get weight 0. Momentum plays no part in it.
-    cum = spec.replace(bn_average="cumulative", bn_unbiased=unbiased)
-    zero = {
-        name: {"mean": jnp.zeros_like(s["mean"]), "var": jnp.zeros_like(s["var"]), "count": jnp.zeros((), jnp.int32)}
-        for name, s in batch_stats.items()
-    }
+    options = {"bn_average": "cumulative", "bn_unbiased": unbiased}
     use_dropout = not (isinstance(rate, (int, float)) and rate == 0)
+    if rate is not None:
+        options["dropout"] = rate if use_dropout else 0.0
+    options = select_options(model.layer, "apply", options)
 
     def body(stats, args):
         i, xb = args
         k = jax.random.fold_in(key, i) if use_dropout else None
-        _, stats = mlp_apply(params, stats, xb, True, spec=cum, key=k, dropout=rate if use_dropout else 0.0)
+        _, stats = model.layer.apply(params, stats, xb, True, key=k, **options)
         return stats, None
 
-    stats, _ = jax.lax.scan(body, zero, (jnp.arange(batches.shape[0]), batches))
-    out = {}
-    for name, s in batch_stats.items():
-        out[name] = {"mean": stats[name]["mean"], "var": stats[name]["var"]}
-        if "count" in s:  # a model trained in cumulative mode keeps its layout: count = batches averaged
-            out[name]["count"] = stats[name]["count"]
-    return out
+    stats, _ = jax.lax.scan(body, _zero_counted(batch_stats), (jnp.arange(batches.shape[0]), batches))
+    return _like(batch_stats, stats)
 
 
-@partial(jax.jit, static_argnames=("spec", "num_batches", "batch_size", "unbiased", "use_dropout"))
-def _recompute_jit(spec, params, batch_stats, x, rate, key, *, num_batches, batch_size, unbiased, use_dropout):
-    batches = x[: num_batches * batch_size].reshape(num_batches, batch_size, x.shape[1])
+@partial(jax.jit, static_argnames=("model", "num_batches", "batch_size", "unbiased", "use_dropout"))
+def _recompute_jit(model, params, batch_stats, x, rate, key, *, num_batches, batch_size, unbiased, use_dropout):
+    batches = x[: num_batches * batch_size].reshape(num_batches, batch_size, *x.shape[1:])
     return _average_stats(
-        spec, params, batch_stats, batches, unbiased=unbiased, rate=rate if use_dropout else 0.0, key=key
+        model, params, batch_stats, batches, unbiased=unbiased, rate=rate if use_dropout else 0.0, key=key
     )
 
 
 def recompute_batch_stats(
-    spec: MLPSpec,
+    model: Layer | MLPSpec,
     params: Params,
     batch_stats: State,
     x: Any,
@@ -88,28 +112,32 @@ def recompute_batch_stats(
 
     where ``mean_l(batch b)``, ``var_l(batch b)`` are the biased batch statistics of layer ``l``'s input
     with all earlier layers in train mode (torch ``update_bn`` / fvcore ``update_bn_stats``; the unbiased
-    variant is Ioffe & Szegedy 2015, Alg. 2).
+    variant is Ioffe & Szegedy 2015, Alg. 2). The model runs with the options ``bn_average="cumulative"``
+    and ``bn_unbiased`` (so its batch-norm layers must take them, as bnjax's do) from statistics of count 0.
 
     Args:
-      spec: the model.
+      model: a :class:`bnjax.Layer` or an :class:`bnjax.MLPSpec`.
       params: frozen parameters.
       batch_stats: current statistics (only their layout is used: a ``"count"`` is kept, set to ``B``).
-      x: ``(N, spec.in_features)`` training inputs.
+      x: ``(N, ...)`` training inputs; ``(N, spec.in_features)`` for an MLP.
       batch_size: ``m``, the batch size (use the training batch size: BN's statistics depend on it).
       num_batches: ``B``; default ``N // batch_size`` (every full batch).
       num_samples: alternatively, ``B = num_samples // batch_size``.
       unbiased: multiply each batch variance by ``m / (m - 1)``.
-      dropout: ``False`` (default) disables dropout; ``True`` applies ``spec.dropout``; a float applies that
-        rate. Dropout needs ``key``.
+      dropout: ``False`` (default) disables dropout (the option ``dropout=0``); ``True`` keeps the model's
+        own rates (an MLP's ``spec.dropout``); a float applies that rate. Dropout needs ``key``.
       key: PRNG key for dropout (batch ``b`` uses ``fold_in(key, b)``).
 
     Returns:
       New ``batch_stats`` with the layout of ``batch_stats`` (unchanged if the model has no batch norm).
     """
     fn = "recompute_batch_stats"
+    m = as_model(model, fn)
     x = jnp.asarray(x)
-    if x.ndim != 2 or x.shape[1] != spec.in_features:
-        raise ValueError(f"{fn}: x has shape {tuple(x.shape)}, expected (N, {spec.in_features}); flatten it first.")
+    if m.spec is not None and (x.ndim != 2 or x.shape[1] != m.spec.in_features):
+        raise ValueError(f"{fn}: x has shape {tuple(x.shape)}, expected (N, {m.spec.in_features}); flatten it first.")
+    if x.ndim < 1:
+        raise ValueError(f"{fn}: x must have a leading example axis, got a scalar.")
     if not isinstance(batch_size, int) or batch_size < 2:
         raise ValueError(f"{fn}: batch_size={batch_size!r} must be an int >= 2 (BN needs a batch variance).")
     if num_batches is not None and num_samples is not None:
@@ -123,18 +151,25 @@ def recompute_batch_stats(
             f"{fn}: {num_batches} batches of {batch_size} need {num_batches * batch_size} rows, x has "
             f"{x.shape[0]} (and at least one batch is needed); lower num_batches/num_samples or batch_size."
         )
-    if not batch_stats:
+    if not stats_layout(batch_stats):
         return batch_stats
+    missing = [o for o in _OPTIONS if not m.takes(o)]
+    if missing:
+        raise ValueError(f"{fn}: the model's layers take no {missing[0]!r} option, so its batch norms cannot be "
+                         f"switched to averaging batch statistics; build them with bnjax.BatchNorm (or "
+                         f"GhostBatchNorm, BatchRenorm), which take bn_average and bn_unbiased.")
     if dropout is True:
-        rate = spec.dropout
+        rate = m.spec.dropout if m.spec is not None else None
     elif dropout is False:
         rate = 0.0
     else:
         rate = float(dropout)
-    use_dropout = rate > 0
+    use_dropout = rate is None or rate > 0
     if use_dropout and key is None:
-        raise ValueError(f"{fn}: dropout={dropout!r} (rate {rate}) needs a PRNG key, e.g. key=jax.random.key(0).")
+        raise ValueError(f"{fn}: dropout={dropout!r} (rate {'of the model' if rate is None else rate}) needs a PRNG "
+                         f"key, e.g. key=jax.random.key(0).")
     return _recompute_jit(
-        spec, params, batch_stats, x, jnp.float32(rate), key if use_dropout else jax.random.key(0),
+        m, params, batch_stats, x, None if rate is None else jnp.float32(rate),
+        key if use_dropout else jax.random.key(0),
         num_batches=num_batches, batch_size=batch_size, unbiased=bool(unbiased), use_dropout=use_dropout,
     )

@@ -1,4 +1,9 @@
-"""Train state, the pure training step, one epoch as a ``lax.scan``, and evaluation.
+"""Train state, the pure training step, one epoch as a ``lax.scan``, and evaluation -- for any model.
+
+A model is a :class:`bnjax.Layer` (``init``/``apply`` pair) or an :class:`bnjax.MLPSpec` (built by
+:func:`bnjax.mlp`). A member's traced settings reach it as options: ``init(key, weight_scale=...)`` and
+``apply(..., dropout=..., bn_momentum=...)`` (those the member sets), plus ``step`` (the global step count,
+for warm-up schedules such as batch renorm's) and, data parallel, ``axis_name`` where the model takes them.
 
 Randomness is counter based: a member's dropout key at global step ``t`` is
 ``fold_in(fold_in(member_key, DROPOUT), t)`` and its shuffle key in epoch ``e`` is
@@ -8,6 +13,7 @@ exactly the numbers an uninterrupted run draws.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -15,22 +21,27 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bnjax._typing import Array, Params, State
-from bnjax.nn._mlp import MLPSpec, mlp_apply, mlp_forward, mlp_init
-from bnjax.train._config import TrainConfig, lr_factor, make_optimizer
+from bnjax._typing import Array, Layer, Params, State
+from bnjax.nn._combinators import select_options
+from bnjax.nn._mlp import MLPSpec
+from bnjax.train._config import TrainConfig, is_weight, lr_factor, make_optimizer
+from bnjax.train._model import Model, as_model, first_dense, forward
 
 # fold_in tags that separate the random streams derived from one seed.
 _INIT, _TRAIN, _SHUFFLE, _DROPOUT = 0, 1, 2, 3
+
+Step = Callable[["TrainState", tuple[Array, Array]], tuple["TrainState", dict[str, Array]]]
 
 
 class TrainState(NamedTuple):
     """Everything that changes during training, for one member (stacked on a leading axis for ensembles).
 
     Attributes:
-      params, batch_stats: the model (:func:`bnjax.mlp_init` layout).
+      params, batch_stats: the model's pytrees (``model.init`` layout).
       opt_state: optax state of :func:`make_optimizer`.
       key: raw ``uint32`` key data of the member's training key (dropout, and shuffling unless shared).
-      hyper: the member's traced hyperparameters ``{"learning_rate", "dropout", "bn_momentum"}`` (float32).
+      hyper: the member's traced settings (float32): ``"learning_rate"`` plus the apply options it sets
+        (``"dropout"``, ``"bn_momentum"``; an MLP's members always set both).
       step: global step count (int32), the number of steps taken so far.
       diverged_step: -1, or the 0-based global step at which the member diverged (see
         :func:`make_train_step`); from then on its parameters and batch statistics are frozen.
@@ -58,7 +69,7 @@ def shared_shuffle_key(seed: int) -> Array:
 
 
 def init_train_state(
-    spec: MLPSpec,
+    model: Layer | MLPSpec,
     cfg: TrainConfig,
     *,
     seed: int | None = None,
@@ -67,19 +78,23 @@ def init_train_state(
     dropout: Any = None,
     bn_momentum: Any = None,
 ) -> TrainState:
-    """The initial :class:`TrainState` of one member; ``None`` arguments take ``spec``/``cfg`` values.
+    """The initial :class:`TrainState` of one member.
 
-    The model is initialised from ``member_keys(seed)[0]``; ``weight_scale`` and the hyperparameters may be
-    traced scalars (so this function can be vmapped over members).
+    ``seed`` and ``learning_rate`` default to ``cfg``'s; ``weight_scale``, ``dropout`` and ``bn_momentum``
+    to the spec's for an :class:`bnjax.MLPSpec` and to "not set" (the layers' own values) for a Layer. The
+    model is initialised from ``member_keys(seed)[0]`` with ``init(key, weight_scale=...)`` when it is set;
+    every value but ``seed`` may be a traced scalar (so this function can be vmapped over members).
     """
+    m = as_model(model, "init_train_state")
+    values = {"weight_scale": weight_scale, "dropout": dropout, "bn_momentum": bn_momentum}
+    if m.spec is not None:
+        values = {k: getattr(m.spec, k) if v is None else v for k, v in values.items()}
     seed = cfg.seed if seed is None else seed
     init_key, train_key = member_keys(seed)
-    params, batch_stats = mlp_init(init_key, spec, weight_scale=weight_scale)
-    hyper = {
-        "learning_rate": jnp.asarray(cfg.learning_rate if learning_rate is None else learning_rate, jnp.float32),
-        "dropout": jnp.asarray(spec.dropout if dropout is None else dropout, jnp.float32),
-        "bn_momentum": jnp.asarray(spec.bn_momentum if bn_momentum is None else bn_momentum, jnp.float32),
-    }
+    init_options = {} if values["weight_scale"] is None else {"weight_scale": values["weight_scale"]}
+    params, batch_stats = m.layer.init(init_key, **select_options(m.layer, "init", init_options))
+    hyper = {"learning_rate": jnp.asarray(cfg.learning_rate if learning_rate is None else learning_rate, jnp.float32)}
+    hyper |= {k: jnp.asarray(values[k], jnp.float32) for k in ("dropout", "bn_momentum") if values[k] is not None}
     return TrainState(
         params=params,
         batch_stats=batch_stats,
@@ -92,53 +107,57 @@ def init_train_state(
 
 
 def l2_penalty(params: Params) -> Array:
-    """``0.5 * sum(W**2)`` over the ``"weight"`` of every ``dense_*`` layer (CS231n regularisation)."""
-    return 0.5 * sum(jnp.sum(jnp.square(p["weight"])) for name, p in params.items() if name.startswith("dense_"))
+    """``0.5 * sum(W**2)`` over every ``"weight"`` leaf (dense and convolution kernels; CS231n regularisation)."""
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    return 0.5 * sum(jnp.sum(jnp.square(w)) for path, w in leaves if is_weight(path))
 
 
 def make_train_step(
-    spec: MLPSpec,
+    model: Layer | MLPSpec,
     cfg: TrainConfig,
     steps_per_epoch: int,
     *,
     use_dropout: bool | None = None,
     axis_name: Any = None,
     sync_bn: bool = True,
-) -> Callable[[TrainState, tuple[Array, Array]], tuple[TrainState, dict[str, Array]]]:
+) -> Step:
     """The pure training step ``step(state, (x, y)) -> (state, {"loss"})`` of one member.
 
-    One step on the mini-batch ``x (B, D)``, ``y (B,)`` int labels: train-mode forward (batch statistics,
-    dropout with the member's rate and key), loss ``mean softmax-CE + 0.5 * l2 * sum(W**2)``, gradient,
-    ``params -= lr * schedule(step) * direction`` (:func:`make_optimizer`), running statistics updated.
-    Divergence: if the loss is non-finite, or any parameter is (detected through the pre-activation sentinel
-    of :func:`bnjax.nn._mlp.mlp_forward`, at no extra pass over the parameters), the member is marked diverged
-    at this step, and its parameters and batch statistics keep their values from before the step, in this and
-    every later step (``jnp.where`` per member). Its reported loss is NaN from the next step on. An update
-    that overflows a parameter while the loss is still finite is caught by the next step, whose frozen state
-    then holds that non-finite value. The optimizer state of a diverged member is not frozen: it is never used
-    again, and selecting the Adam moments costs XLA:CPU two extra copies of them per step. ``step`` always
-    advances.
+    One step on the mini-batch ``x (B, ...)`` (``(B, in_features)`` for an MLP), ``y (B,)`` int labels:
+    train-mode forward (batch statistics, dropout with the member's key and options), loss ``mean softmax-CE
+    + 0.5 * l2 * sum(W**2)``, gradient, ``params -= lr * schedule(step) * direction`` (:func:`make_optimizer`),
+    running statistics updated. Divergence: if the loss is non-finite, or any parameter is (detected through
+    the sentinel of the layers' outputs, at no extra pass over the parameters; see
+    :func:`bnjax.train._model.forward`), the member is marked diverged at this step, and its parameters and
+    batch statistics keep their values from before the step, in this and every later step (``jnp.where`` per
+    member). Its reported loss is NaN from the next step on. An update that overflows a parameter while the
+    loss is still finite is caught by the next step, whose frozen state then holds that non-finite value. The
+    optimizer state of a diverged member is not frozen: it is never used again, and selecting the Adam moments
+    costs XLA:CPU two extra copies of them per step. ``step`` always advances.
 
     Args:
-      spec, cfg: model and training configuration (static).
+      model: a :class:`bnjax.Layer` or an :class:`bnjax.MLPSpec` (static).
+      cfg: training configuration (static).
       steps_per_epoch: steps per epoch (for ``"epoch_decay"``/``"cosine"`` schedules).
-      use_dropout: trace dropout in (True) or leave it out (False); default ``spec.dropout > 0``. An ensemble
-        whose members sweep the rate passes True.
+      use_dropout: False passes ``dropout=0.0`` instead of the member's traced rate, so dropout is compiled
+        out (no effect when the member sets no rate); default: ``spec.dropout > 0`` for an MLP, True
+        otherwise. An ensemble whose members sweep the rate passes True.
       axis_name: data-parallel axis (for use inside ``jax.shard_map``, see
         :func:`bnjax.train.make_data_parallel_step`): ``(x, y)`` is this device's equal-sized shard of the
         global batch and the state is replicated. The loss is then ``pmean`` of the local mean losses (the
         mean over all examples), so the gradient of the replicated parameters is that of the global batch;
         the divergence test uses the ``psum`` of the sentinels, so it agrees on every device; the dropout key
         is folded with ``lax.axis_index(axis_name)``. None (default): a single-device step.
-      sync_bn: with ``axis_name``: True -- batch norm uses the global batch statistics (synchronized BN);
-        False -- each device normalises with its own shard's statistics ("ghost" BN) and the replicated
-        running statistics become the mean over devices of the per-device updates (for ``"ema"``:
-        ``momentum * old + (1 - momentum) * mean_d(batch_d)``).
+      sync_bn: with ``axis_name``: True -- the model gets the option ``axis_name``, so batch norm uses the
+        global batch statistics (synchronized BN); False -- each device normalises with its own shard's
+        statistics ("ghost" BN) and the replicated running statistics become the mean over devices of the
+        per-device updates (for ``"ema"``: ``momentum * old + (1 - momentum) * mean_d(batch_d)``).
 
     Returns:
       The step function; wrap it in ``jax.jit`` (and ``jax.vmap`` for ensembles).
     """
-    loss_fn, update = _step_parts(spec, cfg, steps_per_epoch, use_dropout, axis_name=axis_name, sync_bn=sync_bn)
+    m = as_model(model, "make_train_step")
+    loss_fn, update = _step_parts(m, cfg, steps_per_epoch, use_dropout, axis_name=axis_name, sync_bn=sync_bn)
 
     def step(state: TrainState, batch: tuple[Array, Array]) -> tuple[TrainState, dict[str, Array]]:
         x, y = batch
@@ -146,7 +165,7 @@ def make_train_step(
         if axis_name is not None:
             key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         (loss, (new_stats, sentinel)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, x, y, key, state.hyper
+            state.params, state.batch_stats, x, y, key, state.hyper, state.step
         )
         return update(state, loss, sentinel, new_stats, grads)
 
@@ -154,34 +173,43 @@ def make_train_step(
 
 
 def make_shared_batch_ensemble_step(
-    spec: MLPSpec, cfg: TrainConfig, steps_per_epoch: int, *, use_dropout: bool | None = None
-) -> Callable[[TrainState, tuple[Array, Array]], tuple[TrainState, dict[str, Array]]]:
+    model: Layer | MLPSpec, cfg: TrainConfig, steps_per_epoch: int, *, use_dropout: bool | None = None
+) -> Step:
     """The step of ``K`` stacked members that all train on the same mini-batch ``(x, y)``.
 
-    Equal (up to float reassociation) to ``jax.vmap(make_train_step(...), in_axes=(0, None))``, but the first
-    layer of all members is one matmul, ``W_all (K*h, D) @ x.T (D, B)``, and so is its weight gradient,
-    ``dZ_all (K*h, B) @ x (B, D)``; vmap would compute ``x @ W_k.T`` for every member with the stacked weights
-    transposed on every step. The gradient is that of the sum of the members' losses, which is each member's
-    own gradient since no member's loss depends on another's parameters.
+    Equal (up to float reassociation) to ``jax.vmap(make_train_step(...), in_axes=(0, None))``. When the
+    model is a composition whose first layer is :func:`bnjax.Dense` (an MLP, or ``serial(Dense(...), ...)``)
+    and ``x`` is ``(B, D)``, the first layer of all members is one matmul, ``W_all (K*h, D) @ x.T (D, B)``,
+    and so is its weight gradient, ``dZ_all (K*h, B) @ x (B, D)``; vmap would compute ``x @ W_k.T`` for every
+    member with the stacked weights transposed on every step. The gradient is that of the sum of the members'
+    losses, which is each member's own gradient since no member's loss depends on another's parameters.
+    Other models run the vmapped step.
     """
-    loss_fn, update = _step_parts(spec, cfg, steps_per_epoch, use_dropout)
+    m = as_model(model, "make_shared_batch_ensemble_step")
+    vmapped = jax.vmap(make_train_step(m, cfg, steps_per_epoch, use_dropout=use_dropout), in_axes=(0, None))
+    name = first_dense(m.layer)
+    if name is None:
+        return vmapped
+    loss_fn, update = _step_parts(m, cfg, steps_per_epoch, use_dropout)
 
-    def joint_loss(params, batch_stats, x, y, keys, hyper):
-        w = params["dense_0"]["weight"]  # (K, h, D)
+    def joint_loss(params, batch_stats, x, y, keys, hyper, steps):
+        w = params[name]["weight"]  # (K, h, D)
         k, h, d = w.shape
         first = jnp.swapaxes((w.reshape(k * h, d) @ x.T).reshape(k, h, -1), 1, 2)  # (K, B, h)
 
-        def member(p, s, f, key, hp):
-            return loss_fn(p, s, None, y, key, hp, first_matmul=f)
+        def member(p, s, f, key, hp, t):
+            return loss_fn(p, s, None, y, key, hp, t, first=f)
 
-        losses, aux = jax.vmap(member)(params, batch_stats, first, keys, hyper)
+        losses, aux = jax.vmap(member)(params, batch_stats, first, keys, hyper, steps)
         return jnp.sum(losses), (losses, aux)
 
     def step(states: TrainState, batch: tuple[Array, Array]) -> tuple[TrainState, dict[str, Array]]:
         x, y = batch
+        if x.ndim != 2:
+            return vmapped(states, batch)
         keys = jax.vmap(_dropout_key)(states)
         (_, (losses, (new_stats, sentinels))), grads = jax.value_and_grad(joint_loss, has_aux=True)(
-            states.params, states.batch_stats, x, y, keys, states.hyper
+            states.params, states.batch_stats, x, y, keys, states.hyper, states.step
         )
         return jax.vmap(update)(states, losses, sentinels, new_stats, grads)
 
@@ -193,7 +221,7 @@ def _dropout_key(state: TrainState) -> Array:
 
 
 def _step_parts(
-    spec: MLPSpec,
+    m: Model,
     cfg: TrainConfig,
     steps_per_epoch: int,
     use_dropout: bool | None,
@@ -207,15 +235,20 @@ def _step_parts(
     statistics are invariant across the axis, so ``update`` keeps a replicated state replicated.
     """
     opt = make_optimizer(cfg)
-    use_dropout = spec.dropout > 0 if use_dropout is None else use_dropout
-    bn_axis = axis_name if sync_bn else None
+    if use_dropout is None:
+        use_dropout = m.spec.dropout > 0 if m.spec is not None else True
+    bn_axis = axis_name if sync_bn and m.takes("axis_name") else None
+    pass_step = m.takes("step")
 
-    def loss_fn(params, batch_stats, x, y, key, hyper, first_matmul=None):
-        logits, new_stats, sentinel = mlp_forward(
-            params, batch_stats, x, True, spec=spec, key=key, first_matmul=first_matmul,
-            dropout=hyper["dropout"] if use_dropout else 0.0, bn_momentum=hyper["bn_momentum"],
-            axis_name=bn_axis,
-        )
+    def loss_fn(params, batch_stats, x, y, key, hyper, step, first=None):
+        options = {k: v for k, v in hyper.items() if k != "learning_rate"}
+        if not use_dropout and "dropout" in options:
+            options["dropout"] = 0.0
+        if bn_axis is not None:
+            options["axis_name"] = bn_axis
+        if pass_step:
+            options["step"] = step
+        logits, new_stats, sentinel = forward(m.layer, params, batch_stats, x, True, key=key, first=first, **options)
         loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
         if axis_name is not None:
             # Equal shards: the mean of the local means is the mean over all examples. Differentiating this
@@ -236,7 +269,7 @@ def _step_parts(
         lr = -state.hyper["learning_rate"] * lr_factor(cfg, t, steps_per_epoch)
         new_params = jax.tree.map(lambda p, u: p + (lr * u).astype(p.dtype), state.params, direction)
         # Divergence test without a pass over the parameters: the loss, plus the sentinel that is NaN when any
-        # pre-activation is non-finite, i.e. when an earlier update left a non-finite parameter.
+        # layer output is non-finite, i.e. when an earlier update left a non-finite parameter.
         was_ok = state.diverged_step < 0
         ok = was_ok & jnp.isfinite(loss + sentinel)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
@@ -261,7 +294,7 @@ def epoch_batches(shuffle_key: Array, epoch: Array, num_examples: int, steps: in
 
 
 def evaluate(
-    spec: MLPSpec,
+    model: Layer | MLPSpec,
     params: Params,
     batch_stats: State,
     x: Array,
@@ -269,25 +302,28 @@ def evaluate(
     *,
     batch_size: int = 1000,
 ) -> dict[str, Array]:
-    """Eval-mode accuracy and mean softmax cross-entropy of one model on ``x (N, D)``, ``y (N,)``.
+    """Eval-mode accuracy and mean softmax cross-entropy of one model on ``x (N, ...)``, ``y (N,)``.
 
-    Runs in chunks of ``batch_size`` (the last chunk padded and masked), so memory stays bounded; jit- and
-    vmap-compatible (vmap over ``params``/``batch_stats`` for an ensemble). Returns ``{"acc", "loss"}``
-    (NaN for ``N == 0``).
+    An MLP's inputs are flattened to ``(N, -1)``; any other model gets ``x`` as it is. Runs in chunks of
+    ``batch_size`` (the last chunk padded and masked), so memory stays bounded; jit- and vmap-compatible
+    (vmap over ``params``/``batch_stats`` for an ensemble). Returns ``{"acc", "loss"}`` (NaN for ``N == 0``).
     """
+    m = as_model(model, "evaluate")
+    if m.spec is not None:
+        x = jnp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
     n = x.shape[0]
     if n == 0:
         return {"acc": jnp.full((), jnp.nan), "loss": jnp.full((), jnp.nan)}
     bs = min(batch_size, n)
     chunks = -(-n // bs)
     pad = chunks * bs - n
-    xs = jnp.pad(x, ((0, pad), (0, 0))).reshape(chunks, bs, -1)
+    xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape(chunks, bs, *x.shape[1:])
     ys = jnp.pad(y, (0, pad)).reshape(chunks, bs)
     mask = (jnp.arange(chunks * bs) < n).reshape(chunks, bs)
 
     def chunk(args):
         xc, yc, mc = args
-        logits, _ = mlp_apply(params, batch_stats, xc, False, spec=spec)
+        logits, _ = m.layer.apply(params, batch_stats, xc, False)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, yc)
         correct = jnp.argmax(logits, axis=-1) == yc
         return jnp.sum(jnp.where(mc, correct, False)), jnp.sum(jnp.where(mc, ce, 0.0))

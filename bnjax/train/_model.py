@@ -1,0 +1,117 @@
+"""What the engine trains: any :class:`bnjax.Layer`, or an :class:`bnjax.MLPSpec` built into one by
+:func:`bnjax.mlp`, plus the two training concerns that look inside a composition: the divergence sentinel and
+the dense first layer that an ensemble sharing its batches computes as one matmul."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax.numpy as jnp
+
+from bnjax._typing import Array, Layer, Params, PRNGKey, State
+from bnjax.nn._combinators import apply_layers, layer_options, select_options
+from bnjax.nn._dense import dense
+from bnjax.nn._mlp import MLPSpec, mlp
+
+
+class Model(NamedTuple):
+    """A model as the engine sees it.
+
+    Attributes:
+      layer: the ``init``/``apply`` pair that is trained.
+      spec: the :class:`bnjax.MLPSpec` ``layer`` was built from, or None. An MLP takes flattened inputs
+        ``(N, in_features)``, and its members default to the spec's ``weight_scale``, ``dropout`` and
+        ``bn_momentum``; any other model keeps the data's example shape and its own settings.
+    """
+
+    layer: Layer
+    spec: MLPSpec | None = None
+
+    def takes(self, option: str, which: str = "apply") -> bool:
+        """Whether the model may read ``option`` (a layer that takes ``**options`` may read anything)."""
+        names = layer_options(self.layer, which)
+        return names is None or option in names
+
+
+def as_model(model: Any, fn: str) -> Model:
+    """``model`` (a :class:`bnjax.Layer`, an :class:`bnjax.MLPSpec` with its sizes set, or a :class:`Model`)
+    as a :class:`Model`; ``fn`` names the caller in the error."""
+    if isinstance(model, Model):
+        return model
+    if isinstance(model, MLPSpec):
+        return Model(mlp(model), model)
+    if isinstance(model, Layer):
+        return Model(model)
+    raise TypeError(f"{fn}: the model must be a bnjax.Layer (an init/apply pair, e.g. bnjax.serial(...)) or an "
+                    f"MLPSpec, got {type(model).__name__}.")
+
+
+def _zero_sum(y: Array) -> Array:
+    # sum(y * 0): exactly 0 when every entry is finite, NaN otherwise; jit removes it when unused.
+    return jnp.sum(y * jnp.zeros((), y.dtype), dtype=jnp.float32)
+
+
+def forward(
+    layer: Layer,
+    params: Params,
+    batch_stats: State,
+    x: Array,
+    train: bool,
+    *,
+    key: PRNGKey | None = None,
+    first: Array | None = None,
+    **options: Any,
+) -> tuple[Array, State, Array]:
+    """``layer.apply`` plus a non-finiteness sentinel: ``(y, new_batch_stats, sentinel)``.
+
+    ``sentinel = sum(z * 0)`` over the output ``z`` of every layer of a composition that has parameters
+    (for any other model: over its output): exactly 0 when all of them are finite, NaN otherwise. With a
+    finite input, a non-finite parameter makes its own layer's output non-finite, even where a later ReLU,
+    saturating activation or dropout mask would hide it from the loss; so a training step learns from this
+    scalar that a parameter went non-finite, without a pass over the parameters.
+
+    ``first``, if given, is the first layer's ``x @ weight.T`` computed by the caller (``x`` is then not
+    read; the layer must be :func:`bnjax.Dense`): an ensemble whose members share ``x`` computes it for all
+    members as one matmul. Options are routed as by :func:`bnjax.serial`.
+    """
+    parts = []
+
+    def tap(name: str, sub: Layer, y: Array) -> None:
+        del sub
+        if name in params:
+            parts.append(_zero_sum(y))
+
+    if layer.layers:
+        start = 0
+        if first is not None:
+            name = layer.layers[0][0]
+            bias = params[name].get("bias")
+            x = first if bias is None else first + bias
+            tap(name, layer.layers[0][1], x)
+            start = 1
+        y, new_stats = apply_layers(layer.layers, params, batch_stats, x, train, key=key, start=start, tap=tap,
+                                    **options)
+    else:
+        if first is not None:
+            raise ValueError("forward: first= needs a composition whose first layer is bnjax.Dense.")
+        y, new_stats = layer.apply(params, batch_stats, x, train, key=key,
+                                   **select_options(layer, "apply", options))
+        parts.append(_zero_sum(y))
+    sentinel = sum(parts[1:], parts[0]) if parts else jnp.zeros((), jnp.float32)
+    return y, new_stats, sentinel
+
+
+def first_dense(layer: Layer) -> str | None:
+    """The pytree name of ``layer``'s first layer when it is a :func:`bnjax.Dense` (the shared-batch fast
+    path applies), else None."""
+    if layer.layers and layer.layers[0][1].apply is dense:
+        return layer.layers[0][0]
+    return None
+
+
+def stats_layout(batch_stats: Mapping[str, Any]) -> bool:
+    """Whether ``batch_stats`` holds any running statistics (a dict with ``"mean"`` and ``"var"``)."""
+    if "mean" in batch_stats and "var" in batch_stats:
+        return True
+    return any(isinstance(v, Mapping) and stats_layout(v) for v in batch_stats.values())
