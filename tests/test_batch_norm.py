@@ -435,7 +435,8 @@ def test_errors():
     x = jnp.ones((4, 5))
     _raises(ValueError, r"params\['scale'\] has shape \(3,\), expected \(5,\).*5 features.*batch_norm_init\(5\)",
             bnjax.batch_norm, bnjax.batch_norm_init(3)[0], stats, x, True)
-    _raises(ValueError, r"x has shape \(5,\) \(rank 1\).*x\[None\]", bnjax.batch_norm, params, stats, jnp.ones(5), True)
+    _raises(ValueError, r"x of shape \(5,\), i.e. 1 value per feature.*axis_name=.*train=False", bnjax.batch_norm,
+            params, stats, jnp.ones(5), True)
     _raises(ValueError, r"1 value per feature.*batch of at least 2.*train=False", bnjax.batch_norm, params, stats,
             jnp.ones((1, 5)), True)
     _raises(ValueError, r"average='emma' is not a valid option.*'ema', 'cumulative'", bnjax.batch_norm, params, stats,

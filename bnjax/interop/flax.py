@@ -20,11 +20,12 @@ from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax.numpy as jnp
+from jax import lax
 
 from bnjax.nn import _checks
 from bnjax.nn._batch_norm import batch_norm
 from bnjax.nn._dropout import dropout
-from bnjax.nn._stats import compute_dtype, normalize_affine, normalize_affine_autodiff
+from bnjax.nn._stats import compute_dtype, group_count, normalize_affine, normalize_affine_autodiff, real_dtype
 
 Initializer = Callable[..., Any]
 GRADS = ("analytic", "autodiff")
@@ -76,13 +77,18 @@ class BatchNorm(nn.Module):
     @nn.compact
     def __call__(self, x, use_running_average: bool | None = None, *, mask: Any = None):
         """Normalises ``x``; ``use_running_average`` may come from the constructor or the call (not both)."""
+        fn = "bnjax.flax.BatchNorm"
         use_ra = nn.merge_param("use_running_average", self.use_running_average, use_running_average)
         _no_index_groups("BatchNorm", self.axis_index_groups)
-        x = jnp.asarray(x)
-        (feat,) = _checks.normalize_axes("bnjax.flax.BatchNorm", "axis", self.axis, x.ndim)
+        _checks.check_choice(fn, "grad", self.grad, GRADS)
+        x = _checks.check_float_input(fn, x, allow_complex=True)
+        if x.ndim < 1:
+            raise ValueError(f"{fn}: x is a scalar (shape ()); pass an input with a feature axis, e.g. (C,) or (N, C).")
+        (feat,) = _checks.normalize_axes(fn, "axis", self.axis, x.ndim)
         shape = (x.shape[feat],)
-        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, jnp.float32), shape)
-        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, jnp.float32), shape)
+        stats_dtype = jnp.float32 if self.force_float32_reductions else self.param_dtype
+        ra_mean = self.variable("batch_stats", "mean", lambda s: jnp.zeros(s, stats_dtype), shape)
+        ra_var = self.variable("batch_stats", "var", lambda s: jnp.ones(s, stats_dtype), shape)
         arrays = [x]
         if self.use_scale:
             scale = self.param("scale", self.scale_init, shape, self.param_dtype)
@@ -94,17 +100,53 @@ class BatchNorm(nn.Module):
             arrays.append(bias)
         else:
             bias = jnp.zeros(shape, self.param_dtype)
+        out_dtype = _out_dtype(self.dtype, *arrays)
 
         init = self.is_initializing()
-        train = not use_ra and not (init and x.size // shape[0] == 1)
-        y, new = batch_norm(
-            {"scale": scale, "bias": bias}, {"mean": ra_mean.value, "var": ra_var.value}, x, train,
-            axis=feat, momentum=self.momentum, eps=self.epsilon, unbiased_var=self.unbiased_var,
-            axis_name=None if init else self.axis_name, mask=mask, grad=self.grad,
-        )
+        train = not use_ra
+        axis_name = None if init else self.axis_name  # as Flax: the named axis need not exist during init
+        one_value = x.size // shape[0] == 1
+        if train and one_value and axis_name is None and mask is None and not init:
+            raise ValueError(
+                f"{fn}: training on x of shape {x.shape} gives 1 value per feature, so the batch variance is 0 and "
+                f"the output would be just the bias (Flax returns that silently). Pass a batch of at least 2, set "
+                f"axis_name to share the statistics across a vmap/shard_map axis, or use_running_average=True."
+            )
+        if jnp.iscomplexobj(x) or (train and init and one_value):
+            # Complex input (bnjax's analytic backward is for real x) or Flax's one-value init output: the
+            # shared statistics and autodiff normalization, with Flax's running-statistics rule.
+            y, new = self._autodiff_path(x, feat, scale, bias, ra_mean.value, ra_var.value, train, axis_name, mask)
+        else:
+            y, new = batch_norm(
+                {"scale": scale, "bias": bias}, {"mean": ra_mean.value, "var": ra_var.value}, x, train,
+                axis=feat, momentum=self.momentum, eps=self.epsilon, unbiased_var=self.unbiased_var,
+                axis_name=axis_name, mask=mask, grad=self.grad,
+            )
         if train and not init:
             ra_mean.value, ra_var.value = new["mean"], new["var"]
-        return y.astype(_out_dtype(self.dtype, *arrays))
+        return y.astype(out_dtype)
+
+    def _autodiff_path(self, x, feat, scale, bias, ra_mean, ra_var, train, axis_name, mask):
+        """Flax's formula by :func:`bnjax.normalize_affine_autodiff`; the running mean turns complex for
+        complex ``x``, exactly as ``flax.linen.BatchNorm`` stores ``momentum * old + (1 - momentum) * mean``."""
+        cdt = compute_dtype(x.dtype)
+        rdt = real_dtype(cdt)
+        bshape = tuple(x.shape[feat] if i == feat else 1 for i in range(x.ndim))
+        scale_b, bias_b = scale.astype(rdt).reshape(bshape), bias.astype(rdt).reshape(bshape)
+        xc = x.astype(cdt)
+        if not train:
+            mean, var = ra_mean.reshape(bshape), ra_var.astype(rdt).reshape(bshape)
+            y = (xc - mean) * lax.rsqrt(var + self.epsilon) * scale_b + bias_b
+            return y, None
+        axes = tuple(i for i in range(x.ndim) if i != feat)
+        mask = _checks.check_mask("bnjax.flax.BatchNorm", mask, x.shape)
+        y, mean, var = normalize_affine_autodiff(xc, scale_b, bias_b, axes, float(self.epsilon), axis_name, mask)
+        mean, var = lax.stop_gradient(mean).reshape(-1), lax.stop_gradient(var).reshape(-1)
+        if self.unbiased_var:
+            n = group_count(x, axes, axis_name=axis_name, mask=mask).reshape(-1)
+            var = var * n / jnp.maximum(n - 1.0, 1.0)
+        m = self.momentum
+        return y, {"mean": m * ra_mean + (1 - m) * mean, "var": (m * ra_var + (1 - m) * var).astype(ra_var.dtype)}
 
 
 class LayerNorm(nn.Module):
@@ -137,25 +179,28 @@ class LayerNorm(nn.Module):
         fn = "bnjax.flax.LayerNorm"
         _no_index_groups("LayerNorm", self.axis_index_groups)
         _checks.check_choice(fn, "grad", self.grad, GRADS)
-        x = _checks.check_float_input(fn, x)
+        x = _checks.check_float_input(fn, x, allow_complex=True)
         red = _checks.normalize_axes(fn, "reduction_axes", self.reduction_axes, x.ndim)
         feats = _checks.normalize_axes(fn, "feature_axes", self.feature_axes, x.ndim)
+        mask = _checks.check_mask(fn, mask, x.shape)
         pshape = tuple(x.shape[a] for a in feats)
         bshape = tuple(x.shape[i] if i in feats else 1 for i in range(x.ndim))
         arrays = [x]
         cdt = compute_dtype(x.dtype)
-        scale = jnp.ones(bshape, cdt)
-        bias = jnp.zeros(bshape, cdt)
+        rdt = real_dtype(cdt)  # scale/bias stay real for complex x, as Flax's
+        scale = jnp.ones(bshape, rdt)
+        bias = jnp.zeros(bshape, rdt)
         if self.use_scale:
             p = self.param("scale", self.scale_init, pshape, self.param_dtype)
             arrays.append(p)
-            scale = p.astype(cdt).reshape(bshape)
+            scale = p.astype(rdt).reshape(bshape)
         if self.use_bias:
             p = self.param("bias", self.bias_init, pshape, self.param_dtype)
             arrays.append(p)
-            bias = p.astype(cdt).reshape(bshape)
-        norm = normalize_affine if self.grad == "analytic" else normalize_affine_autodiff
-        y, _, _ = norm(x.astype(cdt), scale, bias, red, float(self.epsilon), self.axis_name, mask)
+            bias = p.astype(rdt).reshape(bshape)
+        analytic = self.grad == "analytic" and not jnp.iscomplexobj(x)
+        norm = normalize_affine if analytic else normalize_affine_autodiff
+        y, _, _ = norm(x.astype(cdt), scale, bias, red, _checks.check_eps(fn, self.epsilon), self.axis_name, mask)
         return y.astype(_out_dtype(self.dtype, *arrays))
 
 
