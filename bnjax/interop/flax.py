@@ -7,11 +7,32 @@ one import and keeps its checkpoints::
     import bnjax.flax as bnn        # instead of: from flax import linen as nn (for these three layers)
     x = bnn.BatchNorm(use_running_average=not train)(x)
 
-What changes: statistics are computed with the two-pass variance in at least float32 (Flax's default
-``use_fast_variance=True`` formula ``E[x^2] - E[x]^2`` loses digits for offset inputs; the flag is accepted and
-ignored, as is ``force_float32_reductions``); ``axis_name`` statistics are count-weighted (exact for unequal
-masked shards, google/flax#2417); the backward is bnjax's analytic one (``grad="autodiff"`` to switch).
-``axis_index_groups`` is not supported.
+As Flax: rank-1 inputs ``(C,)`` (init, eval, and training across ``axis_name``), complex inputs (complex
+mean, real ``mean(|x - mean|**2)`` variance; the running mean turns complex after the first update), masks,
+``dtype``/``param_dtype``, the ``"dropout"`` stream and its masks (bitwise, also under ``jax_enable_x64``).
+Run against Flax's own tests for these layers (``tests/linen``, with the three classes swapped), all pass but
+three, for the differences below.
+
+Every difference from ``flax.linen`` 0.12:
+
+1. Variance: two-pass, reduced in the wider of float32 and ``x.dtype``. ``use_fast_variance`` (Flax's default
+   ``E[x^2] - E[x]^2``, which loses every digit for inputs like ``1e4 + N(0, 1)``) is accepted and ignored, so
+   outputs differ from Flax's by rounding (about 2e-7 on unit-scale float32 data; Flax's
+   ``test_normalization_equivalence`` compares ``LayerNorm`` with ``InstanceNorm`` to ``atol=1e-7`` and fails
+   the same way with Flax's own ``use_fast_variance=False``). A ``dtype`` wider than ``x`` does not widen the
+   reduction (Flax's does); ``force_float32_reductions=False`` keeps Flax's statistics dtype (``param_dtype``)
+   but still reduces in float32.
+2. ``axis_name``: statistics are count-weighted over devices (exact for unequal masked shards; Flax averages
+   per-device means, google/flax#2417). Equal without a mask. ``axis_index_groups`` raises
+   ``NotImplementedError``.
+3. Masks select: ``NaN``/``inf`` in masked-out entries reach no statistic and no gradient (in Flax the
+   parameter gradients turn ``NaN``). Masked-out outputs hold Flax's values but carry no gradient.
+4. ``BatchNorm`` training on one value per feature (a ``(C,)`` or ``(1, C)`` input without ``axis_name`` or
+   ``mask``) raises after init: the batch variance is 0, so Flax silently returns the bias. Init returns
+   Flax's output (the bias) without complaint. (Flax's ``test_bind_stateful`` trains that way.)
+5. Gradients: the analytic backward (``jax.custom_vjp``) by default, so ``jax.jvp``/``jax.jacfwd`` through the
+   layer need ``grad="autodiff"`` (``jax.hessian`` works either way). Complex inputs always use autodiff.
+6. Extra fields: ``grad`` (``"analytic"``/``"autodiff"``), and ``unbiased_var`` on ``BatchNorm``.
 """
 
 from __future__ import annotations
@@ -50,8 +71,9 @@ class BatchNorm(nn.Module):
     ``y = scale * (x - mean) / sqrt(var + epsilon) + bias`` with batch statistics in training
     (``use_running_average=False``) and ``new = momentum * old + (1 - momentum) * batch`` for the running
     ``batch_stats`` (Flax's default ``momentum=0.99``); the running statistics in eval mode. As in Flax, the
-    running statistics are not updated while initialising and ``axis_name`` is not used then; a one-row
-    init batch (``jnp.ones((1, D))``) is normalised with the initial running statistics instead of failing.
+    running statistics are not updated while initialising and ``axis_name`` is not used then; an init batch
+    with one value per feature (``(C,)`` or ``(1, C)``) gives Flax's output (the bias), but training on one
+    raises (see the module docstring). Complex ``x`` is normalised as Flax does, by autodiff.
 
     Extra fields (bnjax): ``unbiased_var`` (store ``n/(n-1)`` variance, torch's rule), ``grad``
     (``"analytic"`` or ``"autodiff"``).
@@ -154,7 +176,8 @@ class LayerNorm(nn.Module):
 
     ``y = scale * (x - mean) / sqrt(var + epsilon) + bias`` with the statistics of each sample over
     ``reduction_axes`` and parameters over ``feature_axes`` (both ``-1`` by default); ``epsilon=1e-6`` as
-    Flax (bnjax's functional :func:`bnjax.layer_norm` defaults to 1e-5). ``mask`` and ``axis_name`` as Flax.
+    Flax (bnjax's functional :func:`bnjax.layer_norm` defaults to 1e-5). ``mask`` and ``axis_name`` as Flax
+    (masked-out entries selected away, see the module docstring); complex ``x`` as Flax, by autodiff.
     Extra field: ``grad`` (``"analytic"`` or ``"autodiff"``).
     """
 
@@ -210,7 +233,8 @@ class Dropout(nn.Module):
     ``rate`` is the drop probability; kept units are scaled by ``1 / (1 - rate)``. The key comes from
     ``rng`` or ``self.make_rng(rng_collection)`` (``"dropout"``), drawn in exactly the cases Flax draws it
     (not for ``rate`` 0 or 1, nor when deterministic), and the mask is ``bernoulli(key, 1 - rate, shape)``
-    as in Flax, so with the same ``rngs`` the masks are Flax's.
+    with ``1 - rate`` formed in Python as in Flax (float64 under ``jax_enable_x64``), so with the same ``rngs``
+    the outputs are Flax's bit for bit.
     """
 
     rate: float
