@@ -93,7 +93,7 @@ def test_layer_norm_complex_input_as_flax():
 
 def test_functional_layers_refuse_complex_input_saying_what_to_do():
     params, stats = bnjax.batch_norm_init(2)
-    with pytest.raises(TypeError, match=r"complex64.*real floating.*x.real, x.imag.*bnjax.flax.BatchNorm") as info:
+    with pytest.raises(TypeError, match=r"complex64.*real floating.*x.real, x.imag.*BatchNorm/LayerNorm of bnjax.flax") as info:
         bnjax.batch_norm(params, stats, jnp.ones((3, 2), jnp.complex64), True)
     _reads_well(str(info.value))
 

@@ -55,7 +55,7 @@ def check_float_input(fn: str, x: Any, *, allow_complex: bool = False) -> jax.Ar
         raise TypeError(
             f"{fn}: x has dtype {x.dtype}; bnjax's functional layers take real floating inputs (their analytic "
             f"backward is derived for real x). Treat the real and imaginary parts as separate features, e.g. "
-            f"jnp.concatenate([x.real, x.imag], axis=-1), or use bnjax.flax.BatchNorm/LayerNorm, which "
+            f"jnp.concatenate([x.real, x.imag], axis=-1), or use the BatchNorm/LayerNorm of bnjax.flax, which "
             f"normalise complex inputs as Flax does."
         )
     if not jnp.issubdtype(x.dtype, jnp.inexact):
