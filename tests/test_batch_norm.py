@@ -303,6 +303,53 @@ def test_eval_mode_keeps_stats_and_uses_them():
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
 
 
+def test_eval_mode_takes_a_single_example_and_stats_with_a_count():
+    # Eval is a per-feature affine map: a (C,) input works as in Flax, and counted statistics
+    # (average="cumulative"/"debiased") need no average= argument, since eval never reads it.
+    params, stats, r = _random_layer(4, seed=27, dtype=np.float32)
+    x = r.randn(4).astype(np.float32)
+    want = params["scale"] * (x.astype(np.float64) - stats["mean"]) / np.sqrt(stats["var"] + 1e-5) + params["bias"]
+    counted = dict(_jnp(stats), count=jnp.asarray(3, jnp.int32))
+    for st in (_jnp(stats), counted):
+        y, new = bnjax.batch_norm(_jnp(params), st, jnp.asarray(x), False)
+        assert new is st and y.shape == (4,)
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6)
+        y2, _ = bnjax.batch_norm(_jnp(params), st, jnp.asarray(x)[None], False, average="cumulative")
+        np.testing.assert_allclose(y2[0], want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("grad", ["analytic", "autodiff"])
+def test_mask_with_nan_and_inf_filler_equals_the_valid_rows(x64, grad):
+    # Padding rows hold NaN/inf: output, running statistics (n = valid rows in the unbiased estimate) and
+    # every gradient equal batch norm of the valid rows alone (NumPy reference), and the padding's own
+    # cotangent is exactly 0. The loss reads the valid outputs only (jnp.where, as a masked loss should).
+    params, stats, r = _random_layer(3, seed=28)
+    x, dy = 4 * r.randn(8, 2, 3) + 1, r.randn(8, 2, 3)
+    valid = np.array([1, 0, 1, 1, 0, 1, 1, 0], bool)
+    x_f = x.copy()
+    x_f[~valid] = np.nan
+    x_f[1, 0, 1], x_f[4, 1, 2] = np.inf, -np.inf
+    m = jnp.asarray(valid[:, None, None])
+
+    def loss(x, s, b):
+        y, new = bnjax.batch_norm({"scale": s, "bias": b}, _jnp(stats), x, True, mask=m, momentum=0.7,
+                                  unbiased_var=True, grad=grad)
+        return jnp.sum(jnp.where(m, y * jnp.asarray(dy), 0.0)), (y, new)
+
+    f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2), has_aux=True))
+    (_, (y, new)), (dx, ds, db) = f(jnp.asarray(x_f), jnp.asarray(params["scale"]), jnp.asarray(params["bias"]))
+    bn_param = {"mode": "train", "momentum": 0.7, "eps": 1e-5, "unbiased": True,
+                "running_mean": stats["mean"], "running_var": stats["var"]}
+    y_ref, cache, rm, rv = ref.batchnorm_forward(x[valid], params["scale"], params["bias"], bn_param)
+    np.testing.assert_allclose(np.asarray(y)[valid], y_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(new["mean"], rm, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(new["var"], rv, rtol=1e-12)
+    dx_ref, ds_ref, db_ref = ref.batchnorm_backward(dy[valid], cache)
+    assert np.all(np.asarray(dx)[~valid] == 0.0)
+    assert bnjax.rel_error(np.asarray(dx)[valid], dx_ref) <= 1e-10
+    assert bnjax.rel_error(ds, ds_ref) <= 1e-10 and bnjax.rel_error(db, db_ref) <= 1e-10
+
+
 def test_init_layout():
     params, stats = bnjax.batch_norm_init(6)
     assert set(params) == {"scale", "bias"} and set(stats) == {"mean", "var"}
@@ -385,6 +432,26 @@ def test_autodiff_path_supports_forward_mode(x64):
     assert bnjax.rel_error(h, h_an) <= 1e-9
 
 
+def test_hessian_works_with_the_default_analytic_path(x64):
+    # jax.hessian is forward-over-reverse: the forward pass differentiates the custom VJP's (plain JAX)
+    # backward, so the default needs no grad="autodiff". Checked against the autodiff path.
+    params, stats, r = _random_layer(2, seed=29)
+    x, w = jnp.asarray(r.randn(3, 2) * 2 + 1), jnp.asarray(r.randn(3, 2))
+    args = (w, jnp.asarray(params["scale"]), jnp.asarray(params["bias"]), _jnp(stats))
+    h_an, h_ad = jax.jit(lambda x: [jax.hessian(lambda x: _loss(g, x, *args))(x) for g in ("analytic", "autodiff")])(x)
+    assert float(jnp.max(jnp.abs(h_ad))) > 1e-3
+    assert bnjax.rel_error(h_an, h_ad) <= 1e-9
+
+
+def test_forward_mode_on_the_analytic_path_says_to_use_autodiff():
+    params, stats = bnjax.batch_norm_init(3)
+    x = jnp.asarray(np.random.RandomState(30).randn(4, 3), jnp.float32)
+    f = lambda x: bnjax.batch_norm(params, stats, x, True)[0]  # noqa: E731
+    for transform in (lambda: jax.jvp(f, (x,), (x,)), lambda: jax.jacfwd(f)(x)):
+        msg = _raises(TypeError, r"forward-mode.*grad=\"autodiff\".*hessian work with the default", transform)
+        assert "custom_vjp" in msg
+
+
 # ----------------------------------------------------------------------------------------------------
 # Numerics
 # ----------------------------------------------------------------------------------------------------
@@ -435,7 +502,8 @@ def test_errors():
     x = jnp.ones((4, 5))
     _raises(ValueError, r"params\['scale'\] has shape \(3,\), expected \(5,\).*5 features.*batch_norm_init\(5\)",
             bnjax.batch_norm, bnjax.batch_norm_init(3)[0], stats, x, True)
-    _raises(ValueError, r"x has shape \(5,\) \(rank 1\).*x\[None\]", bnjax.batch_norm, params, stats, jnp.ones(5), True)
+    _raises(ValueError, r"x of shape \(5,\), i.e. 1 value per feature.*axis_name=.*train=False", bnjax.batch_norm,
+            params, stats, jnp.ones(5), True)
     _raises(ValueError, r"1 value per feature.*batch of at least 2.*train=False", bnjax.batch_norm, params, stats,
             jnp.ones((1, 5)), True)
     _raises(ValueError, r"average='emma' is not a valid option.*'ema', 'cumulative'", bnjax.batch_norm, params, stats,

@@ -65,6 +65,36 @@ def test_analytic_vjp_matches_autodiff_and_numeric(x64):
         assert e_num <= 1e-7, name
 
 
+@pytest.mark.parametrize("grad", ["analytic", "autodiff"])
+def test_mask_with_nan_filler_equals_each_row_on_its_valid_entries(x64, grad):
+    # Masked-out features hold NaN/inf and their output cotangents are NaN: each row's valid outputs and all
+    # gradients equal the NumPy layer norm of that row's valid entries; the filler's cotangent is exactly 0.
+    params, r = _random_params((6,), seed=37)
+    x, dy = 3 * r.randn(5, 6) + 2, r.randn(5, 6)
+    keep = r.rand(5, 6) > 0.4
+    keep[:, :2] = True
+    x_f = np.where(keep, x, np.nan)
+    x_f[~keep & (np.arange(6) % 2 == 0)] = np.inf
+
+    def f(x, s, b):
+        return bnjax.layer_norm({"scale": s, "bias": b}, {}, x, True, mask=jnp.asarray(keep), grad=grad)[0]
+
+    y, (dx, ds, db) = jit_vjp(f, (jnp.asarray(x_f), params["scale"], params["bias"]),
+                              jnp.asarray(np.where(keep, dy, np.nan)))
+    s_np, b_np = np.asarray(params["scale"]), np.asarray(params["bias"])
+    ds_ref, db_ref = np.zeros(6), np.zeros(6)
+    for i in range(5):
+        v = keep[i]
+        out, cache = ref.layernorm_forward(x[i, v][None], s_np[v], b_np[v], eps=1e-5)
+        dxi, dsi, dbi = ref.layernorm_backward(dy[i, v][None], cache)
+        np.testing.assert_allclose(np.asarray(y)[i, v], out[0], rtol=1e-12, atol=1e-12)
+        assert bnjax.rel_error(np.asarray(dx)[i, v], dxi[0]) <= 1e-10
+        ds_ref[v] += dsi
+        db_ref[v] += dbi
+    assert np.all(np.asarray(dx)[~keep] == 0.0)
+    assert bnjax.rel_error(ds, ds_ref) <= 1e-10 and bnjax.rel_error(db, db_ref) <= 1e-10
+
+
 @pytest.mark.parametrize("shape, axes", [((6, 5), -1), ((2, 3, 4), (-2, -1))])
 def test_flax_parity(shape, axes):
     fshape = shape[-1:] if axes == -1 else shape[-2:]

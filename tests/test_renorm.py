@@ -40,6 +40,44 @@ def test_batch_renorm_matches_numpy_with_some_clipping():
     np.testing.assert_allclose(new["var"], 0.9 * var + 0.1 * var_b, rtol=1e-5, atol=1e-5)
 
 
+def test_mask_with_nan_filler_matches_numpy_on_valid_rows():
+    # NaN/inf padding rows change neither the clipped output, the running statistics nor the gradients
+    # (reference: NumPy renorm of the valid rows; gradients: the unmasked call on the valid rows).
+    rng = np.random.RandomState(8)
+    c = 4
+    x = (rng.randn(10, c) * np.array([1, 5, 0.1, 1]) + np.array([0, 0, 0, 20])).astype(np.float32)
+    valid = np.array([1, 1, 0, 1, 1, 0, 1, 1, 0, 1], bool)
+    x_f = x.copy()
+    x_f[~valid] = np.nan
+    x_f[2, 1] = np.inf
+    scale, bias = rng.randn(c).astype(np.float32), rng.randn(c).astype(np.float32)
+    stats = {"mean": jnp.asarray(rng.randn(c) * 0.1, jnp.float32), "var": jnp.asarray(rng.uniform(0.8, 1.2, c), jnp.float32)}
+    dy = rng.randn(10, c).astype(np.float32)
+
+    def loss(p, x, m):
+        y, new = batch_renorm(p, stats, x, True, rmax=2.0, dmax=3.0, momentum=0.9, mask=m)
+        return jnp.sum(jnp.where(m, y * dy[: x.shape[0]], 0.0)), (y, new)
+
+    f = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))
+    params = {"scale": jnp.asarray(scale), "bias": jnp.asarray(bias)}
+    (_, (y, new)), (dp, dx) = f(params, jnp.asarray(x_f), jnp.asarray(valid[:, None]))
+    y_ref, mean_b, var_b, _, _ = _np_renorm(x[valid], scale, bias, stats["mean"], stats["var"], 2.0, 3.0, 1e-5)
+    np.testing.assert_allclose(np.asarray(y)[valid], y_ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(new["mean"], 0.9 * stats["mean"] + 0.1 * mean_b, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(new["var"], 0.9 * stats["var"] + 0.1 * var_b, rtol=1e-5, atol=1e-5)
+    dy_valid = dy[valid]
+
+    def loss_valid(p, xv):
+        y, _ = batch_renorm(p, stats, xv, True, rmax=2.0, dmax=3.0, momentum=0.9)
+        return jnp.sum(y * dy_valid)
+
+    dp_ref, dx_ref = jax.jit(jax.grad(loss_valid, argnums=(0, 1)))(params, jnp.asarray(x[valid]))
+    assert np.all(np.asarray(dx)[~valid] == 0.0)
+    np.testing.assert_allclose(np.asarray(dx)[valid], dx_ref, rtol=1e-4, atol=1e-5)
+    for k in ("scale", "bias"):
+        np.testing.assert_allclose(dp[k], dp_ref[k], rtol=1e-4, atol=1e-5)
+
+
 def test_unclipped_renorm_training_output_equals_eval_output():
     rng = np.random.RandomState(1)
     x = jnp.asarray(rng.randn(32, 4).astype(np.float32))

@@ -39,6 +39,33 @@ def test_compute_stats_mask_leaves_entries_out():
     np.testing.assert_array_equal(count, [[5, 5, 5]])
 
 
+@pytest.mark.parametrize("mask_dtype", [bool, np.float32])
+def test_compute_stats_nan_and_inf_filler_is_selected_away(mask_dtype):
+    # Padding is often garbage: NaN/inf where the mask is 0 must not reach the mean, variance or count.
+    x = rng.randn(7, 3)
+    keep = np.array([[1, 1, 0], [1, 0, 1], [0, 1, 1], [1, 1, 1], [0, 0, 1], [1, 1, 0], [1, 0, 1]], bool)
+    filled = np.where(keep, x, np.nan)
+    filled[2, 0], filled[1, 1] = np.inf, -np.inf
+    mean, var, count = bnjax.nn.compute_stats(jnp.asarray(filled, jnp.float32), (0,), mask=jnp.asarray(keep, mask_dtype))
+    for c in range(3):
+        kept = x[keep[:, c], c]
+        np.testing.assert_allclose(mean[0, c], kept.mean(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(var[0, c], kept.var(), rtol=1e-5)
+        assert count[0, c] == kept.size
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_compute_stats_complex_is_flax_abs_square_variance(masked):
+    # Flax normalises complex inputs with a complex mean and the real variance mean(|x - mean|^2).
+    z = (rng.randn(6, 2) + 1j * rng.randn(6, 2) + (1 - 2j)).astype(np.complex64)
+    keep = np.array([1, 0, 1, 1, 0, 1], bool)[:, None] if masked else np.ones((6, 1), bool)
+    mean, var, count = bnjax.nn.compute_stats(jnp.asarray(z), (0,), mask=jnp.asarray(keep) if masked else None)
+    kept = z[keep[:, 0]].astype(np.complex128)
+    assert mean.dtype == jnp.complex64 and var.dtype == count.dtype == jnp.float32
+    np.testing.assert_allclose(mean[0], kept.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(var[0], np.mean(np.abs(kept - kept.mean(0)) ** 2, axis=0), rtol=1e-5)
+
+
 def test_compute_stats_axis_name_is_count_weighted():
     # Three "devices" with 4, 2 and 3 valid rows: the result must be the statistics of all 9 rows,
     # not the mean of the three per-device means (google/flax#2417).
@@ -140,6 +167,59 @@ def test_normalize_affine_mask_vjp_matches_autodiff(x64):
     np.testing.assert_allclose(y, y_ad, rtol=1e-14)
     for a, b in zip(g_an, g_ad):
         assert bnjax.rel_error(a, b) <= 1e-10
+
+
+def _column_reference(x, scale, bias, dy, keep, dmean, dvar):
+    """The CS231n NumPy forward/backward of each feature column on its valid rows only (float64)."""
+    n, c = x.shape
+    y, dx = np.zeros((n, c)), np.zeros((n, c))
+    mean, var, dscale, dbias = (np.zeros(c) for _ in range(4))
+    for j in range(c):
+        rows = keep[:, j]
+        xj = x[rows, j:j + 1]
+        out, cache, _, _ = ref.batchnorm_forward(
+            xj, scale[j:j + 1], bias[j:j + 1], {"mode": "train", "running_mean": 0.0, "running_var": 1.0}
+        )
+        y[rows, j] = out[:, 0]
+        mean[j], var[j] = xj.mean(), xj.var()
+        dxj, dsj, dbj = ref.batchnorm_backward(dy[rows, j:j + 1], cache, dmean[j:j + 1], dvar[j:j + 1])
+        dx[rows, j], dscale[j], dbias[j] = dxj[:, 0], dsj[0], dbj[0]
+    return y, mean, var, dx, dscale, dbias
+
+
+@pytest.mark.parametrize("grad", ["analytic", "autodiff"])
+@pytest.mark.parametrize("pattern", ["rows", "entries"])
+def test_normalize_affine_nan_filler_changes_nothing(x64, grad, pattern):
+    # Masked-out x hold NaN/inf, and the cotangent of their outputs is NaN too: the valid outputs, the
+    # statistics and every gradient must equal the NumPy computation on the valid entries alone, and the
+    # masked-out entries' own cotangent must be exactly 0.
+    r = np.random.RandomState(7)
+    n, c = 9, 3
+    x = 3 * r.randn(n, c) + 2
+    scale, bias, dy = r.randn(c), r.randn(c), r.randn(n, c)
+    dmean, dvar = r.randn(c), r.randn(c)
+    if pattern == "rows":
+        keep_arg = np.array([1, 1, 0, 1, 0, 1, 1, 0, 1], bool)[:, None]
+    else:
+        keep_arg = r.rand(n, c) > 0.35
+        keep_arg[:2] = True  # at least two valid values per feature
+    keep = np.broadcast_to(keep_arg, (n, c))
+    x_f = np.where(keep, x, np.nan)
+    x_f[~keep & (np.arange(n)[:, None] % 2 == 0)] = np.inf
+    dy_f = np.where(keep, dy, np.nan)
+    fn = bnjax.nn.normalize_affine if grad == "analytic" else normalize_affine_autodiff
+    cts = (jnp.asarray(dy_f), jnp.asarray(dmean[None]), jnp.asarray(dvar[None]))
+    (y, mean, var), (dx, dscale, dbias) = jit_vjp(
+        lambda *a: fn(*a, (0,), 1e-5, None, jnp.asarray(keep_arg)),
+        (jnp.asarray(x_f), jnp.asarray(scale[None]), jnp.asarray(bias[None])), cts,
+    )
+    y_ref, mean_ref, var_ref, dx_ref, ds_ref, db_ref = _column_reference(x, scale, bias, dy, keep, dmean, dvar)
+    np.testing.assert_allclose(np.asarray(y)[keep], y_ref[keep], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(mean[0], mean_ref, rtol=1e-13)
+    np.testing.assert_allclose(var[0], var_ref, rtol=1e-12)
+    assert np.all(np.asarray(dx)[~keep] == 0.0)
+    assert bnjax.rel_error(np.asarray(dx)[keep], dx_ref[keep]) <= 1e-10
+    assert bnjax.rel_error(dscale[0], ds_ref) <= 1e-10 and bnjax.rel_error(dbias[0], db_ref) <= 1e-10
 
 
 def test_normalize_affine_axis_name_under_vmap(x64):

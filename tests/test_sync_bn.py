@@ -2,7 +2,8 @@
 
 XLA's device count is fixed when JAX starts, so the multi-device computations run once in a subprocess
 with ``XLA_FLAGS=--xla_force_host_platform_device_count=4``; it prints a JSON dict of errors that the tests
-below check. References are single-device batch norm on the whole (or the unmasked part of the) batch.
+below check. References are single-device batch norm on the whole (or the unmasked part of the) batch; the padding of
+the masked case also holds NaN/inf, which must reach no statistic or gradient on any device.
 """
 
 import json
@@ -55,7 +56,7 @@ SCRIPT = textwrap.dedent(
         (_, (y, new)), (dp, dx) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, xs)
         return y, new, dp, dx
 
-    def sharded(grad, m=None):
+    def sharded(grad, m=None, xs_in=x, dys=dy):
         def local(p, xs, ms):
             return batch_norm(p, stats, xs, True, axis_name="data", mask=ms, grad=grad, **OPTS)
         ms = jnp.ones((D * N, 1)) if m is None else m
@@ -63,8 +64,8 @@ SCRIPT = textwrap.dedent(
 
         def loss(p, xs):
             y, new = f(p, xs, ms)
-            return jnp.sum(y * dy * ms), (y, new)
-        (_, (y, new)), (dp, dx) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, x)
+            return jnp.sum(jnp.where(ms != 0, y * dys, 0.0)), (y, new)
+        (_, (y, new)), (dp, dx) = jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(params, xs_in)
         return y, new, dp, dx
 
     for grad in ("analytic", "autodiff"):
@@ -79,6 +80,16 @@ SCRIPT = textwrap.dedent(
         out[f"masked_{grad}"] = {
             "y": err(np.asarray(y)[valid], ry), "stats": tree_err(new, rnew),
             "dparams": tree_err(dp, rdp), "dx": err(np.asarray(dx)[valid], rdx),
+        }
+
+        # (b') the same with NaN/inf padding and NaN output cotangents there: selected away on every device.
+        x_nan = jnp.where(jnp.asarray(valid)[:, None], x, jnp.nan).at[9, 2].set(jnp.inf)  # row 9: padding
+        dy_nan = jnp.where(jnp.asarray(valid)[:, None], dy, jnp.nan)
+        y, new, dp, dx = sharded(grad, mask, x_nan, dy_nan)
+        out[f"masked_nan_{grad}"] = {
+            "y": err(np.asarray(y)[valid], ry), "stats": tree_err(new, rnew),
+            "dparams": tree_err(dp, rdp), "dx": err(np.asarray(dx)[valid], rdx),
+            "dx_padding": float(np.max(np.abs(np.asarray(dx)[~valid]))),
         }
 
         # (c) a named vmap axis as the batch axis.
@@ -149,11 +160,13 @@ TOL = 1e-6
 
 
 @pytest.mark.parametrize("grad", ["analytic", "autodiff"])
-@pytest.mark.parametrize("case", ["shard_map", "masked", "vmap"])
+@pytest.mark.parametrize("case", ["shard_map", "masked", "masked_nan", "vmap"])
 def test_synced_equals_single_device(results, case, grad):
     errs = results[f"{case}_{grad}"]
-    assert set(errs) == {"y", "stats", "dparams", "dx"}
+    assert set(errs) == {"y", "stats", "dparams", "dx"} | ({"dx_padding"} if case == "masked_nan" else set())
     assert max(errs.values()) <= TOL, errs
+    if case == "masked_nan":
+        assert errs["dx_padding"] == 0.0, errs
 
 
 def test_count_weighted_fixes_flax_2417(results):

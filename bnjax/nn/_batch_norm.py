@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bnjax._typing import Array, Params, PRNGKey, State
 from bnjax.nn import _checks
@@ -88,11 +89,19 @@ def batch_norm(
     always normalised with the biased variance.
 
     Eval mode (``train=False``) is the affine map ``y = scale * (x - stats["mean"]) / sqrt(stats["var"] + eps)
-    + bias`` and returns ``batch_stats`` unchanged (the same object).
+    + bias`` and returns ``batch_stats`` unchanged (the same object); it accepts any rank >= 1, including a
+    single example ``(C,)``, and statistics with or without a ``"count"`` whatever ``average`` says.
 
-    Gradients: ``grad="analytic"`` uses the hand-derived closed-form backward (``jax.custom_vjp``;
-    reverse mode, grad-of-grad included). ``grad="autodiff"`` differentiates the plain forward and is
-    required for forward-mode transforms (``jax.jvp``, ``jax.jacfwd``, ``jax.hessian``).
+    Masks: entries where ``mask`` is 0 are selected away (never multiplied), so padding may hold anything,
+    ``NaN`` and ``inf`` included: it changes neither the statistics, the running statistics, nor any gradient,
+    and its own cotangent is 0. Its output is the same formula applied to it (garbage in, garbage out there).
+
+    Gradients: ``grad="analytic"`` uses the hand-derived closed-form backward (``jax.custom_vjp``) for reverse
+    mode: ``jax.grad``/``vjp``/``jacrev``, grad-of-grad and ``jax.hessian`` (forward-over-reverse) all work.
+    ``grad="autodiff"`` differentiates the plain forward and is required for *outer* forward-mode transforms
+    (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``); applied to the default eagerly, they raise a ``TypeError``
+    saying so (under ``jit`` JAX raises its generic "can't apply forward-mode autodiff (jvp) to a custom_vjp
+    function").
 
     Under ``jax.vmap`` over an ensemble axis each member keeps its own statistics. To normalise across a
     batch split over devices or over a named ``vmap``/``shard_map`` axis, pass ``axis_name``: sums and
@@ -102,17 +111,18 @@ def batch_norm(
       params: ``{"scale", "bias"}`` of shape ``(C,)``.
       batch_stats: ``{"mean", "var"}`` of shape ``(C,)`` (plus a scalar ``"count"`` for ``"cumulative"`` and
         ``"debiased"``).
-      x: floating input with ``x.shape[axis] == C`` and at least one other axis, e.g. ``(N, C)`` or
-        ``(N, H, W, C)``.
+      x: real floating input with ``x.shape[axis] == C``, e.g. ``(N, C)`` or ``(N, H, W, C)``; train mode
+        needs at least 2 values per feature (over the other axes, or across ``axis_name``/``mask``).
       train: Python bool, batch statistics (True) or running statistics (False).
       key: unused (accepted so every layer shares one signature).
       axis: the feature axis (default ``-1``).
       momentum: EMA coefficient in [0, 1]; may be a traced array (e.g. swept by ``vmap``).
-      eps: added to the variance inside the square root (default ``1e-5``).
+      eps: added to the variance inside the square root (default ``1e-5``); a number >= 0.
       average: ``"ema"``, ``"cumulative"`` or ``"debiased"``.
       unbiased_var: store ``n/(n-1) * var`` in the running variance.
       axis_name: optional named axis to synchronise statistics across.
-      mask: optional array broadcastable to ``x``; zero entries are left out of the statistics.
+      mask: optional boolean/0-1 array broadcastable to ``x`` (train mode); zero entries are left out of the
+        statistics and the gradients. Ignored in eval mode.
       grad: ``"analytic"`` or ``"autodiff"``.
 
     Returns:
@@ -121,8 +131,9 @@ def batch_norm(
     """
     fn = "batch_norm"
     x, feat, num = check_batch_norm_args(
-        fn, params, batch_stats, x, axis=axis, average=average, grad=grad, momentum=momentum
+        fn, params, batch_stats, x, axis=axis, average=average, grad=grad, momentum=momentum, train=train
     )
+    eps = _checks.check_eps(fn, eps)
     cdt = compute_dtype(x.dtype)
     bshape = _broadcast_shape(x.ndim, feat, num)
     scale = params["scale"].astype(cdt).reshape(bshape)
@@ -134,9 +145,10 @@ def batch_norm(
         return y.astype(x.dtype), batch_stats
 
     axes = tuple(i for i in range(x.ndim) if i != feat)
+    mask = _checks.check_mask(fn, mask, x.shape)
     check_train_batch(fn, x, num, axis_name, mask)
     norm = normalize_affine if grad == "analytic" else normalize_affine_autodiff
-    y, mean, var = norm(x.astype(cdt), scale, bias, axes, float(eps), axis_name, mask)
+    y, mean, var = norm(x.astype(cdt), scale, bias, axes, eps, axis_name, mask)
     count = group_count(x, axes, axis_name=axis_name, mask=mask) if unbiased_var else None
     new_stats = running_stats_after_batch(
         batch_stats, mean, var, count, unbiased_var=unbiased_var, momentum=momentum, average=average
@@ -145,18 +157,31 @@ def batch_norm(
 
 
 def check_batch_norm_args(
-    fn: str, params: Params, batch_stats: State, x: Array, *, axis: int, average: str, grad: str, momentum: Any
+    fn: str,
+    params: Params,
+    batch_stats: State,
+    x: Array,
+    *,
+    axis: int,
+    average: str,
+    grad: str,
+    momentum: Any,
+    train: bool = True,
 ) -> tuple[Array, int, int]:
-    """Validation shared by every batch-norm variant; returns ``(x, feature_axis, num_features)``."""
+    """Validation shared by every batch-norm variant; returns ``(x, feature_axis, num_features)``.
+
+    Eval mode accepts ``batch_stats`` with or without a ``"count"`` (it only reads mean and var)."""
+    _checks.check_train(fn, train)
     x = _checks.check_float_input(fn, x)
     _checks.check_choice(fn, "average", average, AVERAGES)
     _checks.check_choice(fn, "grad", grad, GRADS)
     _checks.check_in_range(fn, "momentum", momentum, 0.0, 1.0)
-    if x.ndim < 2:
+    if x.ndim < 1:
         raise ValueError(
-            f"{fn}: x has shape {x.shape} (rank {x.ndim}); batch norm needs a batch axis and a feature axis, "
-            f"e.g. (N, C). For a single example pass x[None]."
+            f"{fn}: x is a scalar (shape ()); batch norm needs a feature axis, e.g. (N, C), or (C,) in eval mode."
         )
+    if not isinstance(axis, (int, np.integer)) or isinstance(axis, bool):
+        raise TypeError(f"{fn}: axis={axis!r} must be one int (the feature axis), e.g. axis=-1.")
     (feat,) = _checks.normalize_axes(fn, "axis", axis, x.ndim)
     num = x.shape[feat]
     _checks.check_tree(
@@ -164,7 +189,8 @@ def check_batch_norm_args(
         f"x has {num} features on axis {axis}; create params with batch_norm_init({num}).",
     )
     expected = {"mean": (num,), "var": (num,)}
-    if average in _COUNTED:
+    has_count = isinstance(batch_stats, dict) and "count" in batch_stats
+    if (average in _COUNTED) if train else has_count:  # eval reads only mean and var
         expected["count"] = ()
     _checks.check_tree(
         fn, "batch_stats", batch_stats, expected,
@@ -178,8 +204,8 @@ def check_train_batch(fn: str, x: Array, num: int, axis_name: Any = None, mask: 
     if x.size // num == 1 and axis_name is None and mask is None:
         raise ValueError(
             f"{fn}: train mode got x of shape {x.shape}, i.e. 1 value per feature, so the batch variance is 0 "
-            f"and the output would be just the bias. Use a batch of at least 2, or train=False to normalise "
-            f"with the running statistics."
+            f"and the output would be just the bias. Use a batch of at least 2, pass axis_name= to share the "
+            f"statistics across a vmap/shard_map axis, or train=False to normalise with the running statistics."
         )
 
 

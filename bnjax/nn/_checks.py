@@ -45,9 +45,20 @@ def check_in_range(fn: str, name: str, value: Any, lo: float, hi: float) -> None
         raise ValueError(f"{fn}: {name}={v!r} is outside [{lo}, {hi}]; pass a value in that range.")
 
 
-def check_float_input(fn: str, x: Any) -> jax.Array:
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
+def check_float_input(fn: str, x: Any, *, allow_complex: bool = False) -> jax.Array:
+    """``x`` as an array of a real floating dtype (or complex, when ``allow_complex``); else a ``TypeError``."""
+    try:
+        x = jnp.asarray(x)
+    except TypeError as err:
+        raise TypeError(f"{fn}: x of type {type(x).__name__} is not an array; pass a jax or NumPy array.") from err
+    if jnp.iscomplexobj(x) and not allow_complex:
+        raise TypeError(
+            f"{fn}: x has dtype {x.dtype}; bnjax's functional layers take real floating inputs (their analytic "
+            f"backward is derived for real x). Treat the real and imaginary parts as separate features, e.g. "
+            f"jnp.concatenate([x.real, x.imag], axis=-1), or use the BatchNorm/LayerNorm of bnjax.flax, which "
+            f"normalise complex inputs as Flax does."
+        )
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
         raise TypeError(
             f"{fn}: x has dtype {x.dtype}, but normalization and dropout need a floating-point input; "
             f"cast it first, e.g. x.astype(jnp.float32)."
@@ -55,9 +66,55 @@ def check_float_input(fn: str, x: Any) -> jax.Array:
     return x
 
 
+def check_train(fn: str, train: Any) -> None:
+    """``train`` selects code paths, so it must be a Python bool (static under ``jit``), not an array."""
+    if not isinstance(train, (bool, np.bool_)):
+        raise TypeError(
+            f"{fn}: train={train!r} must be a Python bool (it selects batch or running statistics while "
+            f"tracing); under jax.jit mark it static, e.g. jax.jit(apply, static_argnames='train')."
+        )
+
+
+def check_eps(fn: str, eps: Any) -> float:
+    """``eps`` as a Python float >= 0 (it is a static argument of the ``custom_vjp``)."""
+    v = concrete_float(eps)
+    if v is None or not v >= 0.0:
+        raise ValueError(
+            f"{fn}: eps={eps!r} must be a concrete number >= 0 (it is added to the variance inside the square "
+            f"root), e.g. eps=1e-5."
+        )
+    return v
+
+
+def check_mask(fn: str, mask: Any, shape: tuple[int, ...]) -> jax.Array | None:
+    """``mask`` (``None``, or boolean/0-1 values broadcastable to ``shape``) as an array."""
+    if mask is None:
+        return None
+    mask = jnp.asarray(mask)
+    try:
+        np.broadcast_shapes(mask.shape, shape)
+        fits = len(mask.shape) <= len(shape) and np.broadcast_shapes(mask.shape, shape) == tuple(shape)
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ValueError(
+            f"{fn}: mask has shape {mask.shape}, which does not broadcast to x.shape={tuple(shape)}; pass a "
+            f"boolean mask of x's shape or one with size-1 axes, e.g. {tuple(shape[:1]) + (1,) * (len(shape) - 1)} "
+            f"for whole rows."
+        )
+    if not (mask.dtype == jnp.bool_ or jnp.issubdtype(mask.dtype, jnp.number)) or jnp.iscomplexobj(mask):
+        raise TypeError(f"{fn}: mask has dtype {mask.dtype}; pass a boolean (or 0/1 numeric) array.")
+    return mask
+
+
 def normalize_axes(fn: str, name: str, axis: int | Iterable[int], ndim: int) -> tuple[int, ...]:
     """Turns ``axis`` (an int or a sequence of ints, negatives allowed) into sorted non-negative axes."""
-    axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    try:
+        axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    except TypeError:
+        axes = (axis,)
+    if isinstance(axis, str) or not all(isinstance(a, (int, np.integer)) and not isinstance(a, bool) for a in axes):
+        raise TypeError(f"{fn}: {name}={axis!r} must be an int or a sequence of ints (axes of x, negatives allowed).")
     out = []
     for a in axes:
         if not -ndim <= int(a) < ndim:

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from bnjax._typing import Array, Params, PRNGKey, State
 from bnjax.nn import _checks
@@ -33,37 +34,46 @@ def dropout(
     ``p`` at test time instead, which is equivalent in expectation.) ``rate = 1`` gives zeros and zero
     (not NaN) gradients; ``rate = 0`` is the identity.
 
+    The mask is ``jax.random.bernoulli(key, 1 - rate, shape)`` with ``1 - rate`` formed as Flax forms it (in
+    Python for a Python ``rate``, so in float64 under ``jax_enable_x64``), so for the same key the masks are
+    ``flax.linen.Dropout``'s, whatever ``x.dtype``.
+
     Args:
       params, batch_stats: returned/ignored for the shared signature (normally ``{}``).
       x: floating input of any shape.
       train: Python bool.
       key: PRNG key, required in train mode when ``rate`` may be non-zero.
       rate: drop probability in [0, 1]; may be a traced array (e.g. swept by ``jax.vmap``).
-      broadcast_dims: axes along which one mask value is shared (e.g. ``(1, 2)`` drops whole channels of
-        an ``(N, H, W, C)`` input).
+      broadcast_dims: axes (negative allowed) along which one mask value is shared (e.g. ``(1, 2)`` drops
+        whole channels of an ``(N, H, W, C)`` input).
 
     Returns:
       ``(y, batch_stats)``; ``y`` has the shape and dtype of ``x``.
     """
     del params
     fn = "dropout"
+    _checks.check_train(fn, train)
     x = _checks.check_float_input(fn, x)
     _checks.check_in_range(fn, "rate", rate, 0.0, 1.0)
+    bdims = set(_checks.normalize_axes(fn, "broadcast_dims", broadcast_dims, x.ndim))
     rate_c = _checks.concrete_float(rate)
     if not train or rate_c == 0.0:
         return x, batch_stats
+    if rate_c == 1.0:
+        return jnp.zeros_like(x), batch_stats  # as Flax: no key drawn, zero (not NaN) gradients
     if key is None:
         raise ValueError(
             f"{fn}: train mode with rate={rate if rate_c is None else rate_c} needs a PRNG key, e.g. "
             f"dropout({{}}, {{}}, x, True, rate=0.5, key=jax.random.key(0)); pass train=False to disable dropout."
         )
-    keep = 1.0 - jnp.asarray(rate, jnp.float32)
-    mask_shape = tuple(1 if i in {d % x.ndim for d in broadcast_dims} else s for i, s in enumerate(x.shape))
+    # Flax's mask exactly: keep = 1 - rate formed in the rate's own arithmetic (a Python float stays one, so
+    # bernoulli draws in the default float dtype -- float64 under jax_enable_x64), then x / keep.
+    keep = 1.0 - rate if isinstance(rate, (int, float, np.generic)) else 1.0 - jnp.asarray(rate)
+    mask_shape = tuple(1 if i in bdims else s for i, s in enumerate(x.shape))
     mask = jax.random.bernoulli(key, keep, mask_shape)
-    # The mask is drawn in float32 (one mask per key whatever x.dtype); the scale is formed in the wider of
-    # float32 and x.dtype, so float64 inputs get an exact 1 / (1 - rate), not a float32-rounded one.
-    keep = 1.0 - jnp.asarray(rate, jnp.promote_types(x.dtype, jnp.float32))
-    # 1/keep is only formed where keep > 0, so rate == 1 gives zeros and finite (zero) gradients.
-    safe_keep = jnp.where(keep > 0.0, keep, 1.0)
-    scale = jnp.where(keep > 0.0, 1.0 / safe_keep, 0.0).astype(x.dtype)
-    return jnp.where(mask, x * scale, jnp.zeros((), x.dtype)), batch_stats
+    if rate_c is None:
+        # A traced rate may be 1: divide only where keep > 0 (the mask is all False there), so the
+        # gradient is 0, not NaN.
+        keep = jnp.where(keep > 0.0, keep, 1.0)
+    y = (x / keep).astype(x.dtype)
+    return jnp.where(mask, y, jnp.zeros((), x.dtype)), batch_stats

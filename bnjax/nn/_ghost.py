@@ -71,12 +71,14 @@ def ghost_batch_norm(
       ``(y, new_batch_stats)``; ``y`` has the shape and dtype of ``x``.
     """
     fn = "ghost_batch_norm"
+    _checks.check_train(fn, train)
     x = _checks.check_float_input(fn, x)
     if not train:
         return batch_norm(params, batch_stats, x, False, axis=axis, eps=eps, average=average)
     x, feat, num = check_batch_norm_args(
         fn, params, batch_stats, x, axis=axis, average=average, grad=grad, momentum=momentum
     )
+    eps = _checks.check_eps(fn, eps)
     if feat == 0:
         raise ValueError(f"{fn}: axis={axis!r} is the batch axis 0; the feature axis must be another axis.")
     n_rows = x.shape[0]
@@ -101,7 +103,7 @@ def ghost_batch_norm(
     bias = params["bias"].astype(cdt).reshape(bshape)
     axes = tuple(i for i in range(1, ghosts.ndim) if i != gfeat)
     norm = normalize_affine if grad == "analytic" else normalize_affine_autodiff
-    y, mean, var = norm(ghosts, scale, bias, axes, float(eps), None, None)
+    y, mean, var = norm(ghosts, scale, bias, axes, eps, None, None)
     # (K, 1, ..., C, ..., 1) per-ghost statistics -> averaged over the K ghost batches.
     new_stats = running_stats_after_batch(
         batch_stats, jnp.mean(mean, axis=0), jnp.mean(var, axis=0), per_group,

@@ -75,7 +75,7 @@ def group_norm(
     ``num_groups`` nor ``group_size`` is given; ``eps=1e-5`` as torch, Haiku and Equinox (Flax uses 1e-6).
 
     Gradients: ``grad="analytic"`` uses :func:`bnjax.normalize_affine`'s closed-form backward (the batch and
-    group axes are simply not reduced); ``"autodiff"`` differentiates the plain forward (forward mode).
+    group axes are simply not reduced); ``"autodiff"`` differentiates the plain forward (needed under ``jax.jvp``/``jax.jacfwd``; ``jax.hessian`` works with both).
 
     Args:
       params: ``{"scale", "bias"}`` of shape ``(C,)``.
@@ -91,10 +91,12 @@ def group_norm(
     Returns:
       ``(y, batch_stats)``; ``y`` has the shape and dtype of ``x``.
     """
-    del train, key
+    del key
     fn = "group_norm"
+    _checks.check_train(fn, train)
     x = _checks.check_float_input(fn, x)
     _checks.check_choice(fn, "grad", grad, GRADS)
+    eps = _checks.check_eps(fn, eps)
     if x.ndim < 2:
         raise ValueError(
             f"{fn}: x has shape {x.shape}; group norm needs a batch axis and a channel axis, (N, ..., C). "
@@ -114,5 +116,5 @@ def group_norm(
     # Reduce over the spatial axes and the within-group channel axis; keep the batch and group axes.
     axes = tuple(range(1, x.ndim - 1)) + (x.ndim,)
     norm = normalize_affine if grad == "analytic" else normalize_affine_autodiff
-    y, _, _ = norm(x.astype(cdt).reshape(grouped), scale, bias, axes, float(eps), None, None)
+    y, _, _ = norm(x.astype(cdt).reshape(grouped), scale, bias, axes, eps, None, None)
     return y.reshape(x.shape).astype(x.dtype), batch_stats

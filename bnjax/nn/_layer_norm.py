@@ -34,6 +34,7 @@ def layer_norm(
     key: PRNGKey | None = None,
     axis: int | Sequence[int] = -1,
     eps: float = 1e-5,
+    mask: Array | None = None,
     grad: str = "analytic",
 ) -> tuple[Array, State]:
     """Layer normalization: each sample normalised over its feature axes.
@@ -45,8 +46,10 @@ def layer_norm(
 
     The same computation in train and eval mode (``train`` is accepted for the shared signature), for any
     batch size including 1. ``eps=1e-5`` as in CS231n, torch and Haiku (Flax uses 1e-6: pass
-    ``eps=1e-6`` for Flax parity). ``grad`` selects the analytic ``custom_vjp`` backward (default) or autodiff
-    (needed under ``jax.jvp``/``jax.hessian``); see :func:`bnjax.batch_norm`.
+    ``eps=1e-6`` for Flax parity). ``mask`` leaves entries out of each sample's statistics by selection, as in
+    :func:`bnjax.batch_norm` (``NaN`` filler is harmless; masked-out entries get no gradient). ``grad`` selects
+    the analytic ``custom_vjp`` backward (default; reverse mode and ``jax.hessian``) or autodiff (needed under
+    ``jax.jvp``/``jax.jacfwd``); see :func:`bnjax.batch_norm`.
 
     Args:
       params: ``{"scale", "bias"}`` with the shape of ``x`` on the feature axes.
@@ -55,20 +58,24 @@ def layer_norm(
       train: unused; Python bool.
       key: unused.
       axis: feature axis or axes (default ``-1``).
-      eps: added to the variance inside the square root.
+      eps: added to the variance inside the square root (>= 0).
+      mask: optional boolean/0-1 array broadcastable to ``x``; zero entries are left out of the statistics.
       grad: ``"analytic"`` or ``"autodiff"``.
 
     Returns:
       ``(y, batch_stats)``; ``y`` has the shape and dtype of ``x``.
     """
-    del train, key
+    del key
     fn = "layer_norm"
+    _checks.check_train(fn, train)
     _checks.check_choice(fn, "grad", grad, GRADS)
     x, feats, fshape = _checks.check_feature_input(fn, params, x, axis, ("scale", "bias"), "layer_norm_init")
+    eps = _checks.check_eps(fn, eps)
+    mask = _checks.check_mask(fn, mask, x.shape)
     cdt = compute_dtype(x.dtype)
     bshape = tuple(x.shape[i] if i in feats else 1 for i in range(x.ndim))
     scale = params["scale"].astype(cdt).reshape(bshape)
     bias = params["bias"].astype(cdt).reshape(bshape)
     norm = normalize_affine if grad == "analytic" else normalize_affine_autodiff
-    y, _, _ = norm(x.astype(cdt), scale, bias, feats, float(eps), None, None)
+    y, _, _ = norm(x.astype(cdt), scale, bias, feats, eps, None, mask)
     return y.astype(x.dtype), batch_stats

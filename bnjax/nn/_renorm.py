@@ -125,14 +125,17 @@ def batch_renorm(
       ``(y, new_batch_stats)``; ``y`` has the shape and dtype of ``x``.
     """
     fn = "batch_renorm"
+    _checks.check_train(fn, train)
     x = _checks.check_float_input(fn, x)
     if not train:
         return batch_norm(params, batch_stats, x, False, axis=axis, eps=eps, average=average)
     x, feat, num = check_batch_norm_args(
         fn, params, batch_stats, x, axis=axis, average=average, grad=grad, momentum=momentum
     )
+    eps = _checks.check_eps(fn, eps)
     _checks.check_in_range(fn, "rmax", rmax, 1.0, float("inf"))
     _checks.check_in_range(fn, "dmax", dmax, 0.0, float("inf"))
+    mask = _checks.check_mask(fn, mask, x.shape)
     check_train_batch(fn, x, num, axis_name, mask)
 
     cdt = compute_dtype(x.dtype)
@@ -153,7 +156,7 @@ def batch_renorm(
     d = jnp.clip((mean_b - mu) * inv_sigma, -dmax_c, dmax_c)
 
     norm = normalize_affine if grad == "analytic" else normalize_affine_autodiff
-    y, mean, var = norm(xc, scale * r, scale * d + bias, axes, float(eps), axis_name, mask)
+    y, mean, var = norm(xc, scale * r, scale * d + bias, axes, eps, axis_name, mask)
     count = group_count(x, axes, axis_name=axis_name, mask=mask) if unbiased_var else None
     new_stats = running_stats_after_batch(
         batch_stats, mean, var, count, unbiased_var=unbiased_var, momentum=momentum, average=average

@@ -15,7 +15,7 @@ from jax import lax
 
 from bnjax._typing import Array, Params, PRNGKey, State
 from bnjax.nn import _checks
-from bnjax.nn._stats import _sum_to_shape, compute_dtype, match_varying
+from bnjax.nn._stats import _sum_to_shape, compute_dtype, jvp_help, match_varying
 
 GRADS = ("analytic", "autodiff")
 
@@ -26,7 +26,6 @@ def normalize_rms_autodiff(x, scale, axes, eps):
     return x * lax.rsqrt(ms + eps) * scale, ms
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
 def normalize_rms(x, scale, axes, eps):
     """``y = scale * x / sqrt(mean(x**2) + eps)`` over ``axes``, with the hand-derived backward.
 
@@ -48,7 +47,20 @@ def normalize_rms(x, scale, axes, eps):
 
     Returns:
       ``(y, ms)``; ``ms`` (the mean square) keeps the reduced axes as size 1.
+
+    Reverse mode only; under ``jax.jvp``/``jax.jacfwd`` use :func:`normalize_rms_autodiff` (``grad="autodiff"``).
     """
+    try:
+        return _normalize_rms(x, scale, axes, eps)
+    except TypeError as err:
+        better = jvp_help("bnjax.normalize_rms", err, "normalize_rms_autodiff")
+        if better is None:
+            raise
+        raise better from err
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _normalize_rms(x, scale, axes, eps):
     return normalize_rms_autodiff(x, scale, axes, eps)
 
 
@@ -74,7 +86,7 @@ def _normalize_rms_bwd(axes, eps, res, cts):
     return match_varying(dx, xhat), dscale
 
 
-normalize_rms.defvjp(_normalize_rms_fwd, _normalize_rms_bwd)
+_normalize_rms.defvjp(_normalize_rms_fwd, _normalize_rms_bwd)
 
 
 def rms_norm_init(shape: int | Sequence[int], *, dtype: Any = jnp.float32) -> tuple[Params, State]:
@@ -111,7 +123,7 @@ def rms_norm(
     ``nn.RMSNorm(eps=None)`` uses ``finfo(dtype).eps`` (1.19e-7 in float32) -- pass ``eps`` to match them.
 
     Gradients: ``grad="analytic"`` uses the closed-form backward of :func:`normalize_rms`; ``"autodiff"``
-    differentiates the plain forward (needed for ``jax.jvp``/``jax.hessian``).
+    differentiates the plain forward (needed under ``jax.jvp``/``jax.jacfwd``; ``jax.hessian`` works with both).
 
     Args:
       params: ``{"scale"}`` with the shape of ``x`` on the feature axes.
@@ -126,13 +138,15 @@ def rms_norm(
     Returns:
       ``(y, batch_stats)``; ``y`` has the shape and dtype of ``x``.
     """
-    del train, key
+    del key
     fn = "rms_norm"
+    _checks.check_train(fn, train)
     _checks.check_choice(fn, "grad", grad, GRADS)
     x, feats, fshape = _checks.check_feature_input(fn, params, x, axis, ("scale",), "rms_norm_init")
+    eps = _checks.check_eps(fn, eps)
     cdt = compute_dtype(x.dtype)
     bshape = tuple(x.shape[i] if i in feats else 1 for i in range(x.ndim))
     scale = params["scale"].astype(cdt).reshape(bshape)
     norm = normalize_rms if grad == "analytic" else normalize_rms_autodiff
-    y, _ = norm(x.astype(cdt), scale, feats, float(eps))
+    y, _ = norm(x.astype(cdt), scale, feats, eps)
     return y.astype(x.dtype), batch_stats

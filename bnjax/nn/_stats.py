@@ -9,6 +9,12 @@
 
 Shapes: ``x`` has any rank; ``axes`` are the reduced axes; ``scale`` and ``bias`` broadcast against
 ``x`` (size 1 on every axis they are shared along); ``mean`` and ``var`` keep the reduced axes with size 1.
+
+Masks: a ``mask`` (boolean or 0/1, broadcastable to ``x``) is applied by *selection* (``jnp.where``), never by
+multiplication, so a masked-out entry influences nothing whatever it holds (``NaN * 0`` is ``NaN``): not the
+statistics, not the gradient of any other entry or of ``scale``/``bias``, and its own cotangent is exactly 0.
+Its output is still computed as the formula gives (``NaN`` for ``NaN`` filler, as Flax) but carries no
+gradient. A group with no valid entry (``count == 0``) has ``NaN`` statistics.
 """
 
 from __future__ import annotations
@@ -35,16 +41,33 @@ def _psum(tree: Any, axis_name: AxisName | None) -> Any:
     return tree if axis_name is None else lax.psum(tree, axis_name)
 
 
+def real_dtype(dtype: Any) -> jnp.dtype:
+    """The real dtype of the same precision (``float32`` for ``complex64``; real dtypes unchanged)."""
+    return jnp.finfo(dtype).dtype
+
+
+def mask_bool(mask: Array | None, shape: tuple[int, ...]) -> Array | None:
+    """``mask != 0`` broadcast to ``shape`` (``None`` stays ``None``): the selector every masked sum uses."""
+    return None if mask is None else jnp.broadcast_to(jnp.asarray(mask) != 0, shape)
+
+
+def _abs_sq(c: Array) -> Array:
+    """``|c|**2`` in the real dtype (Flax's complex variance is ``mean(|x - mean|**2)``)."""
+    if jnp.iscomplexobj(c):
+        return c.real * c.real + c.imag * c.imag
+    return c * c
+
+
 def group_count(
     x: Array, axes: tuple[int, ...], *, axis_name: AxisName | None = None, mask: Array | None = None
 ) -> Array:
-    """Number of values each statistic of :func:`compute_stats` is taken over (keepdims shape)."""
-    cdt = compute_dtype(x.dtype)
+    """Number of values each statistic of :func:`compute_stats` is taken over (keepdims shape, real dtype)."""
+    cdt = real_dtype(compute_dtype(x.dtype))
     keep = tuple(1 if i in axes else d for i, d in enumerate(x.shape))
     if mask is None:
         count = jnp.full(keep, math.prod(x.shape[a] for a in axes), cdt)
     else:
-        count = jnp.sum(jnp.broadcast_to(mask, x.shape).astype(cdt), axis=axes, keepdims=True)
+        count = jnp.sum(mask_bool(mask, x.shape), axis=axes, keepdims=True, dtype=cdt)
     return _psum(count, axis_name)
 
 
@@ -57,8 +80,10 @@ def compute_stats(
 ) -> tuple[Array, Array, Array]:
     """Mean and biased variance of ``x`` over ``axes``.
 
-    ``mean = sum(m * x) / n`` and ``var = sum(m * (x - mean)**2) / n`` with ``n = sum(m)``, the sums also
-    running over every device/member of ``axis_name``. Each device contributes by its element count, so
+    ``mean = sum_{m != 0}(x) / n`` and ``var = sum_{m != 0}(|x - mean|**2) / n`` with ``n`` the number of
+    entries where the mask ``m`` is non-zero, the sums also running over every device/member of ``axis_name``.
+    Masked-out entries are selected away (``jnp.where``), so ``NaN``/``inf`` filler there changes nothing, in the
+    values or in their derivatives. Each device contributes by its element count, so
     unequal counts (padding removed by ``mask``) still give the exact global statistics -- unlike a mean of
     per-device means (google/flax#2417).
 
@@ -72,17 +97,19 @@ def compute_stats(
       mask: optional boolean/0-1 array broadcastable to ``x``; entries with 0 are left out.
 
     Returns:
-      ``(mean, var, count)`` in the compute dtype, each with the reduced axes kept as size 1.
+      ``(mean, var, count)``, each with the reduced axes kept as size 1: ``mean`` in the compute dtype, ``var``
+      and ``count`` in its real dtype (complex inputs, as Flax: complex mean, real ``|x - mean|**2`` variance).
     """
     cdt = compute_dtype(x.dtype)
     xf = x.astype(cdt)
-    m = None if mask is None else jnp.broadcast_to(mask, x.shape).astype(cdt)
+    m = mask_bool(mask, x.shape)
     count = group_count(x, axes, axis_name=axis_name, mask=mask)
-    total = _psum(jnp.sum(xf if m is None else xf * m, axis=axes, keepdims=True), axis_name)
+    total = _psum(jnp.sum(xf if m is None else jnp.where(m, xf, 0), axis=axes, keepdims=True), axis_name)
     mean = total / count
     centred = xf - mean
-    sq = centred * centred if m is None else centred * centred * m
-    var = _psum(jnp.sum(sq, axis=axes, keepdims=True), axis_name) / count
+    if m is not None:
+        centred = jnp.where(m, centred, 0)
+    var = _psum(jnp.sum(_abs_sq(centred), axis=axes, keepdims=True), axis_name) / count
     return mean, var, count
 
 
@@ -114,23 +141,46 @@ def _sum_to_shape(a: Array, shape: tuple[int, ...]) -> Array:
 def normalize_affine_autodiff(x, scale, bias, axes, eps, axis_name=None, mask=None):
     """Train-mode normalization written in plain ``jnp`` (differentiated by JAX's autodiff).
 
-    Same contract as :func:`normalize_affine`; use it under forward-mode transforms (``jax.jvp``,
-    ``jax.jacfwd``, ``jax.hessian``), which a ``custom_vjp`` does not support.
+    Same contract as :func:`normalize_affine` (masked-out outputs carry no gradient here too); use it under
+    forward-mode transforms (``jax.jvp``, ``jax.jacfwd``, ``jax.linearize``), which a ``custom_vjp`` does not
+    support, and for complex inputs.
     """
     mean, var, _ = compute_stats(x, axes, axis_name=axis_name, mask=mask)
-    xhat = (x - mean) * lax.rsqrt(var + eps)
-    return xhat * scale + bias, mean, var
+    inv = lax.rsqrt(var + eps)
+    if mask is None:
+        return (x - mean) * inv * scale + bias, mean, var
+    m = mask_bool(mask, x.shape)
+    # Differentiated branch on filler-free input (a NaN there would turn 0 * d/dx into NaN); the masked-out
+    # outputs are Flax's values, held constant for differentiation.
+    y_valid = (jnp.where(m, x, 0) - mean) * inv * scale + bias
+    y_rest = lax.stop_gradient((x - mean) * inv * scale + bias)
+    return jnp.where(m, y_valid, y_rest), mean, var
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+_JVP_HELP = (
+    "forward-mode differentiation (jax.jvp, jax.jacfwd, jax.linearize) cannot go through the layers' analytic "
+    "backward (a jax.custom_vjp); pass grad=\"autodiff\" to the layer ({autodiff} for the bare function). "
+    "Reverse mode (jax.grad, jax.vjp, jax.jacrev) and jax.hessian work with the default."
+)
+
+
+def jvp_help(fn: str, err: TypeError, autodiff: str) -> TypeError | None:
+    """For JAX's generic "can't apply forward-mode autodiff (jvp) to a custom_vjp function": the same error
+    with the fix named (``None`` for any other ``TypeError``). JAX offers no hook on ``custom_vjp`` for this
+    message, so callers catch it where the transform meets the call (eager ``jax.jvp``/``jax.jacfwd``)."""
+    if "forward-mode" in str(err) and "custom_vjp" in str(err):
+        return TypeError(f"{fn}: {_JVP_HELP.format(autodiff=autodiff)}")
+    return None
+
+
 def normalize_affine(x, scale, bias, axes, eps, axis_name=None, mask=None):
     """Train-mode normalization with the analytic backward.
 
     Forward: ``xhat = (x - mean) * rsqrt(var + eps)``, ``y = scale * xhat + bias``, statistics from
     :func:`compute_stats` over ``axes`` (eps inside the root).
 
-    Backward (per group of ``n`` reduced elements, sums over the group and over ``axis_name``; ``m`` is the
-    mask, 1 without one)::
+    Backward (per group of ``n`` valid elements, sums over the group and over ``axis_name``; ``m`` is the
+    mask, 1 without one; ``dy`` and ``xhat`` are taken as 0 where ``m`` is 0)::
 
         g      = dy * scale
         dx     = rsqrt(var + eps) * (g - m * sum(g) / n - m * xhat * sum(g * xhat) / n)
@@ -138,8 +188,14 @@ def normalize_affine(x, scale, bias, axes, eps, axis_name=None, mask=None):
         dscale = sum over the broadcast axes of dy * xhat
         dbias  = sum over the broadcast axes of dy
 
+    so masked-out entries get a zero cotangent and add nothing to any other gradient, whatever they hold.
+
+    Reverse mode only (``jax.grad``/``vjp``/``jacrev``, ``jax.hessian`` = forward-over-reverse); under
+    ``jax.jvp``/``jax.jacfwd`` use :func:`normalize_affine_autodiff` (the error says so when the forward-mode
+    transform is applied to this call directly; under ``jit`` JAX raises its own generic message).
+
     Args:
-      x: input in the compute dtype.
+      x: real floating input in the compute dtype.
       scale, bias: arrays broadcastable to ``x`` (same dtype as ``x``).
       axes: static tuple of reduced axes.
       eps: static float added to the variance inside the square root.
@@ -149,6 +205,22 @@ def normalize_affine(x, scale, bias, axes, eps, axis_name=None, mask=None):
     Returns:
       ``(y, mean, var)``; ``mean`` and ``var`` keep the reduced axes as size 1.
     """
+    if jnp.iscomplexobj(x):
+        raise TypeError(
+            f"normalize_affine: x has dtype {jnp.asarray(x).dtype}; the analytic backward is derived for real "
+            f"inputs. Use normalize_affine_autodiff (grad=\"autodiff\") for complex x."
+        )
+    try:
+        return _normalize_affine(x, scale, bias, axes, eps, axis_name, mask)
+    except TypeError as err:
+        better = jvp_help("bnjax.normalize_affine", err, "normalize_affine_autodiff")
+        if better is None:
+            raise
+        raise better from err
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5))
+def _normalize_affine(x, scale, bias, axes, eps, axis_name=None, mask=None):
     return normalize_affine_autodiff(x, scale, bias, axes, eps, axis_name, mask)
 
 
@@ -163,6 +235,9 @@ def _normalize_affine_fwd(x, scale, bias, axes, eps, axis_name, mask):
     inv = lax.rsqrt(var + eps)
     xhat = (x - mean) * inv
     y = xhat * scale + bias
+    if mask is not None:
+        mask = jnp.asarray(mask) != 0  # kept unbroadcast; selects xhat (and dy) in the backward
+        xhat = jnp.where(mask, xhat, 0)
     return (y, mean, var), (xhat, inv, count, scale, bias, mask)
 
 
@@ -173,6 +248,10 @@ def _normalize_affine_bwd(axes, eps, axis_name, res, cts):
     if isinstance(dy, SymbolicZero):
         dy = jnp.zeros_like(xhat)
     assert dy.shape == xhat.shape and inv.shape == count.shape
+    if mask is not None:
+        # Select, don't multiply: a NaN cotangent at a masked-out output must not leak either.
+        mb = jnp.broadcast_to(mask, xhat.shape)
+        dy = jnp.where(mb, dy, 0)
     g = dy * scale
     sum_g, sum_gx = _psum(
         (jnp.sum(g, axis=axes, keepdims=True), jnp.sum(g * xhat, axis=axes, keepdims=True)), axis_name
@@ -189,17 +268,19 @@ def _normalize_affine_bwd(axes, eps, axis_name, res, cts):
         stat_terms = dv if stat_terms is None else stat_terms + dv
     if mask is None:
         dx = inv * (g - mean_g - xhat * mean_gx)
+        if stat_terms is not None:
+            dx = dx + stat_terms
     else:
-        m = jnp.broadcast_to(mask, xhat.shape).astype(xhat.dtype)
-        dx = inv * (g - m * (mean_g + xhat * mean_gx))
-    if stat_terms is not None:
-        dx = dx + (stat_terms if mask is None else m * stat_terms)
+        # g and xhat are 0 at masked-out entries; the group terms are selected away there, so dx is exactly 0.
+        dx = inv * g - jnp.where(mb, inv * (mean_g + xhat * mean_gx), 0)
+        if stat_terms is not None:
+            dx = dx + jnp.where(mb, stat_terms, 0)
     dscale = match_varying(_sum_to_shape(dy * xhat, scale.shape), scale)
     dbias = match_varying(_sum_to_shape(dy, bias.shape), bias)
     return match_varying(dx, xhat), dscale, dbias, None
 
 
-normalize_affine.defvjp(_normalize_affine_fwd, _normalize_affine_bwd, symbolic_zeros=True)
+_normalize_affine.defvjp(_normalize_affine_fwd, _normalize_affine_bwd, symbolic_zeros=True)
 
 
 def update_running_stats(
