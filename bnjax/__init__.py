@@ -51,6 +51,18 @@ from bnjax.nn import normalize_rms as normalize_rms
 from bnjax.nn import normalize_rms_autodiff as normalize_rms_autodiff
 from bnjax.nn import rms_norm as rms_norm
 from bnjax.nn import rms_norm_init as rms_norm_init
+from bnjax.nn import Conv as Conv
+from bnjax.nn import conv as conv
+from bnjax.nn import conv_init as conv_init
+from bnjax.nn import GroupNorm as GroupNorm
+from bnjax.nn import AvgPool as AvgPool
+from bnjax.nn import Flatten as Flatten
+from bnjax.nn import GlobalAvgPool as GlobalAvgPool
+from bnjax.nn import MaxPool as MaxPool
+from bnjax.nn import avg_pool as avg_pool
+from bnjax.nn import flatten as flatten
+from bnjax.nn import global_avg_pool as global_avg_pool
+from bnjax.nn import max_pool as max_pool
 
 __version__ = "0.1.0"
 __all__ = [
@@ -99,4 +111,16 @@ __all__ = [
     "normalize_rms_autodiff",
     "rms_norm",
     "rms_norm_init",
+    "Conv",
+    "conv",
+    "conv_init",
+    "GroupNorm",
+    "AvgPool",
+    "Flatten",
+    "GlobalAvgPool",
+    "MaxPool",
+    "avg_pool",
+    "flatten",
+    "global_avg_pool",
+    "max_pool",
 ]

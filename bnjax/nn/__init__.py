@@ -39,6 +39,18 @@ from bnjax.nn._stats import compute_stats as compute_stats
 from bnjax.nn._stats import normalize_affine as normalize_affine
 from bnjax.nn._stats import normalize_affine_autodiff as normalize_affine_autodiff
 from bnjax.nn._stats import update_running_stats as update_running_stats
+from bnjax.nn._conv import Conv as Conv
+from bnjax.nn._conv import conv as conv
+from bnjax.nn._conv import conv_init as conv_init
+from bnjax.nn._norm_layers import GroupNorm as GroupNorm
+from bnjax.nn._pool import AvgPool as AvgPool
+from bnjax.nn._pool import Flatten as Flatten
+from bnjax.nn._pool import GlobalAvgPool as GlobalAvgPool
+from bnjax.nn._pool import MaxPool as MaxPool
+from bnjax.nn._pool import avg_pool as avg_pool
+from bnjax.nn._pool import flatten as flatten
+from bnjax.nn._pool import global_avg_pool as global_avg_pool
+from bnjax.nn._pool import max_pool as max_pool
 
 __all__ = [
     "batch_norm",
@@ -80,4 +92,16 @@ __all__ = [
     "normalize_rms_autodiff",
     "rms_norm",
     "rms_norm_init",
+    "Conv",
+    "conv",
+    "conv_init",
+    "GroupNorm",
+    "AvgPool",
+    "Flatten",
+    "GlobalAvgPool",
+    "MaxPool",
+    "avg_pool",
+    "flatten",
+    "global_avg_pool",
+    "max_pool",
 ]
