@@ -1,4 +1,5 @@
-"""A small convolutional net for Fashion-MNIST, built only from bnjax's public layers (configs/cnn_fashion.toml).
+"""A small convolutional net for Fashion-MNIST, built only from bnjax's public layers, and the claims of its
+study (configs/cnn_fashion.toml names this file as both ``model.factory`` and ``study.analysis``).
 
 Contract with the engine (``[model] factory = "experiments/cnn_fashion.py:cnn"``): the engine calls
 ``cnn(input_shape=..., num_classes=..., **rest_of_the_model_table)``, where ``input_shape`` is one example's
@@ -19,8 +20,10 @@ import math
 from collections.abc import Sequence
 
 import jax
+import numpy as np
 
 import bnjax
+from bnjax.run.report import Claim, fmt
 
 NORMS = ("batch", "group", "none")
 
@@ -75,3 +78,27 @@ def cnn(
         h, w, c = h // 2, w // 2, out
     layers += [bnjax.Flatten(), bnjax.Dense(h * w * c, num_classes)]
     return bnjax.serial(*layers)
+
+
+# ------------------------------------------------------------------------------------------------- analysis
+VARIANTS = ("batchnorm", "groupnorm", "none")
+MIN_VAL_ACC = 0.75  # a hand-written loop of the same runs (seeds 0, 1) reached .81-.83 for every variant
+
+
+def analyze(results):
+    final = {v: (results[v].final("train_acc"), results[v].final("val_acc")) for v in VARIANTS}
+    diverged = {v: int(results[v].diverged().sum()) for v in VARIANTS}
+    claims = [Claim(
+        f"Every variant trains: no member diverges and every member ends with validation accuracy >= {MIN_VAL_ACC}",
+        all(diverged[v] == 0 and bool(np.all(final[v][1] >= MIN_VAL_ACC)) for v in VARIANTS),
+        "; ".join(f"{v}: val {fmt(final[v][1])}, {diverged[v]} diverged" for v in VARIANTS),
+    )]
+    base = final["none"][0].mean()
+    claims.append(Claim(
+        "Batch norm and group norm each end with a higher mean training accuracy than no normalization (a small "
+        "effect on a 2-conv net: the hand-written loop gave .862 and .859 vs .844)",
+        all(final[v][0].mean() > base for v in ("batchnorm", "groupnorm")),
+        f"final train accuracy: batch {fmt(final['batchnorm'][0])}, group {fmt(final['groupnorm'][0])}, "
+        f"none {fmt(final['none'][0])}",
+    ))
+    return claims

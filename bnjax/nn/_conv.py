@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -14,6 +15,7 @@ from bnjax.nn import _checks
 
 INITS = ("normal", "he", "glorot")
 PADDINGS = ("SAME", "VALID")
+IMPLS = ("auto", "xla", "patches")
 _INIT_OPTIONS = ("init", "weight_scale", "use_bias", "dtype")
 Padding = str | int | Sequence[tuple[int, int]]
 """``"SAME"`` (output size ``ceil(size / stride)``, zero padding split low/high with the extra row on the
@@ -57,8 +59,9 @@ def conv_init(
     ``weight`` has shape ``(*kernel_size, in_channels, out_channels)`` -- HWIO for 2-D, Flax's ``Conv``
     kernel layout (the same array as Flax's ``params["kernel"]``; torch's ``Conv2d.weight`` is
     ``weight.transpose(3, 2, 0, 1)``). HWIO is the layout XLA:CPU's convolution uses internally, so no
-    kernel transpose is compiled; for this library's small kernels OIHW and OHWI measured the same speed
-    within noise (forward + both gradients, batch 128 of 14 x 14 x 16 -> 32 channels).
+    kernel transpose is compiled (OIHW and OHWI measured the same speed within noise for small kernels:
+    forward + both gradients, batch 128 of 14 x 14 x 16 -> 32 channels), and :func:`bnjax.conv`'s
+    ``impl="patches"`` reads it as a ``(prod(kernel) * C_in, C_out)`` matrix without a copy.
 
     Args:
       key: PRNG key.
@@ -124,6 +127,32 @@ def resolve_padding(fn: str, padding: Padding, ndim: int) -> str | tuple[tuple[i
     )
 
 
+def _conv_patches(
+    x: Array, w: Array, strides: tuple[int, ...], pad: Any, dilations: tuple[int, ...]
+) -> Array:
+    """The convolution as one matrix product (im2col): ``patches(x) @ weight.reshape(k * C_in, C_out)``.
+
+    ``patches`` stacks the ``k = prod(kernel)`` strided slices of the padded input, in the kernel's row-major
+    order, so the product is the same sum as ``lax.conv_general_dilated``'s. Autodiff gives matrix products for
+    both gradients (the input gradient adds the patch gradients back through pad/slice), which XLA:CPU runs
+    at full speed inside ``lax.scan`` and batches under ``vmap``; the price is ``k`` copies of the input.
+    """
+    r = w.ndim - 2
+    ks = w.shape[:r]
+    eff = tuple((k - 1) * d + 1 for k, d in zip(ks, dilations))  # dilated kernel extent
+    pads = jax.lax.padtype_to_pads(x.shape[1:-1], eff, strides, pad) if isinstance(pad, str) else pad
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))
+    out = [(xp.shape[1 + i] - eff[i]) // strides[i] + 1 for i in range(r)]
+    slices = []
+    for offsets in itertools.product(*(range(k) for k in ks)):
+        start = (0, *(o * d for o, d in zip(offsets, dilations)), 0)
+        limit = (xp.shape[0], *(b + (n - 1) * s + 1 for b, n, s in zip(start[1:-1], out, strides)), xp.shape[-1])
+        slices.append(jax.lax.slice(xp, start, limit, (1, *strides, 1)))
+    patches = jnp.stack(slices, axis=-2)  # (N, *out, k, C_in)
+    k_in = math.prod(ks) * x.shape[-1]
+    return patches.reshape(*patches.shape[:-2], k_in) @ w.reshape(k_in, w.shape[-1])
+
+
 def conv(
     params: Params,
     batch_stats: State,
@@ -134,12 +163,14 @@ def conv(
     stride: int | Sequence[int] = 1,
     padding: Padding = "SAME",
     dilation: int | Sequence[int] = 1,
+    impl: str = "auto",
 ) -> tuple[Array, State]:
     """Convolution (cross-correlation, as every deep-learning library) of a channels-last input.
 
     ``y[n, i, j, o] = bias[o] + sum_{a, b, c} x_pad[n, i*s + a*d, j*s + b*d, c] * weight[a, b, c, o]`` for
     2-D (stride ``s``, dilation ``d``); 1-D and 3-D alike. Computed by ``jax.lax.conv_general_dilated`` with
-    dimension numbers ``("NHWC", "HWIO", "NHWC")`` (``NWC``/``WIO`` for 1-D, ``NDHWC``/``DHWIO`` for 3-D).
+    dimension numbers ``("NHWC", "HWIO", "NHWC")`` (``NWC``/``WIO`` for 1-D, ``NDHWC``/``DHWIO`` for 3-D) or,
+    on CPU, as one matrix product over the input's patches (see ``impl``).
 
     Args:
       params: ``{"weight": (*kernel, C_in, C_out)[, "bias": (C_out,)]}`` from :func:`conv_init`.
@@ -150,6 +181,14 @@ def conv(
       stride: int or one int per spatial axis (default 1).
       padding: ``"SAME"`` (default), ``"VALID"``, an int, or ``(low, high)`` pairs; see :data:`Padding`.
       dilation: kernel dilation, int or one int per spatial axis (default 1).
+      impl: ``"xla"`` -- ``lax.conv_general_dilated``; ``"patches"`` -- the same sum as one matrix product
+        over the ``prod(kernel)`` shifted copies of the input (im2col); ``"auto"`` (default) -- ``"patches"``
+        on CPU, ``"xla"`` on GPU/TPU. Why: XLA:CPU runs the weight gradient of ``lax.conv_general_dilated``
+        several times slower inside a loop body (https://github.com/jax-ml/jax/issues/12868), and training
+        epochs are ``lax.scan`` loops. Measured here (2 shared CPU cores, ``experiments/cnn_fashion.py``
+        with batch norm, channels (16, 32), batch 50, one Adam step): ``"xla"`` 29 ms per step as a jitted
+        step, 198 ms inside ``lax.scan``, 228 ms per member with 3 members vmapped in the scan;
+        ``"patches"`` 35, 34 and 46 ms. The patches cost ``prod(kernel)`` times the input's memory.
 
     Returns:
       ``(y, batch_stats)`` with ``y`` of shape ``(N, *out_spatial, C_out)``; with ``"SAME"`` padding
@@ -180,10 +219,14 @@ def conv(
     pad = resolve_padding(fn, padding, r)
     sp = _SPATIAL_LETTERS[-r:]
     dtype = jnp.result_type(x, w)
-    y = jax.lax.conv_general_dilated(
-        x.astype(dtype), w.astype(dtype), strides, pad, rhs_dilation=dilations,
-        dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"),
-    )
+    _checks.check_choice(fn, "impl", impl, IMPLS)
+    if impl == "patches" or (impl == "auto" and jax.default_backend() == "cpu"):
+        y = _conv_patches(x.astype(dtype), w.astype(dtype), strides, pad, dilations)
+    else:
+        y = jax.lax.conv_general_dilated(
+            x.astype(dtype), w.astype(dtype), strides, pad, rhs_dilation=dilations,
+            dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"),
+        )
     if "bias" in params:
         y = y + params["bias"].astype(dtype)
     return y, batch_stats
@@ -197,18 +240,20 @@ def Conv(
     stride: int | Sequence[int] = 1,
     padding: Padding = "SAME",
     dilation: int | Sequence[int] = 1,
+    impl: str = "auto",
     **init_options: Any,
 ) -> Layer:
     """:func:`bnjax.conv` as a :class:`Layer` (name ``"conv"``); ``init_options`` go to :func:`bnjax.conv_init`
     (``init``, ``weight_scale``, ``use_bias``, ``dtype``).
 
-    The stride, padding and dilation are checked here, when the model is built. The layer's ``apply``
+    The stride, padding, dilation and ``impl`` are checked here, when the model is built. The layer's ``apply``
     accepts and ignores extra keyword options (per-member settings meant for other layers of a model).
     """
     r = len(_kernel_shape("Conv", kernel_size))
     _pairs("Conv", "stride", stride, r)
     _pairs("Conv", "dilation", dilation, r)
     resolve_padding("Conv", padding, r)
+    _checks.check_choice("Conv", "impl", impl, IMPLS)
     unknown = sorted(set(init_options) - set(_INIT_OPTIONS))
     if unknown:
         raise TypeError(f"Conv: unknown init options {unknown}; conv_init accepts {list(_INIT_OPTIONS)}.")
@@ -220,6 +265,7 @@ def Conv(
     def apply(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
               **options: Any) -> tuple[Array, State]:
         del options
-        return conv(params, batch_stats, x, train, key=key, stride=stride, padding=padding, dilation=dilation)
+        return conv(params, batch_stats, x, train, key=key, stride=stride, padding=padding, dilation=dilation,
+                    impl=impl)
 
     return Layer(init, apply, "conv")
