@@ -8,8 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
 
 import bnjax
 from reference import assert_reads_well
@@ -25,51 +23,92 @@ def _same_pads(size, k, stride, dilation):
     return total // 2, total - total // 2
 
 
-def _torch_conv(x, w, b, stride, padding, dilation):
-    """Reference: torch's conv1d/conv2d on NC... transposes of the channels-last input and HWIO weight."""
+def _pads(padding, xshape, kshape, stride, dilation):
+    r = len(kshape)
+    if padding == "SAME":
+        return [_same_pads(xshape[1 + i], kshape[i], stride, dilation) for i in range(r)]
+    if padding == "VALID":
+        return [(0, 0)] * r
+    if isinstance(padding, int):
+        return [(padding, padding)] * r
+    return [tuple(p) for p in padding]
+
+
+def _np_conv(x, w, b, stride, padding, dilation):
+    """CS231n's naive convolution in float64, generalised to 1-D/2-D, stride and dilation: for every output
+    position, the (dilated) input window dotted with the kernel."""
+    x, w = np.asarray(x, np.float64), np.asarray(w, np.float64)
+    r = w.ndim - 2
+    pads = _pads(padding, x.shape, w.shape[:r], stride, dilation)
+    xp = np.pad(x, [(0, 0), *pads, (0, 0)])
+    eff = [(k - 1) * dilation + 1 for k in w.shape[:r]]
+    out = [(xp.shape[1 + i] - eff[i]) // stride + 1 for i in range(r)]
+    y = np.zeros((x.shape[0], *out, w.shape[-1]))
+    for pos in np.ndindex(*out):
+        window = xp[(slice(None), *(slice(p * stride, p * stride + e, dilation) for p, e in zip(pos, eff)))]
+        y[(slice(None), *pos)] = window.reshape(x.shape[0], -1) @ w.reshape(-1, w.shape[-1])
+    return y + np.asarray(b, np.float64)
+
+
+def _torch_conv(torch, x, w, b, stride, padding, dilation):
+    """torch's conv1d/conv2d on NC... transposes of the channels-last input and the HWIO weight."""
+    F = torch.nn.functional
     x, w = np.asarray(x), np.asarray(w)
     r = w.ndim - 2
-    if padding == "SAME":
-        pads = [_same_pads(x.shape[1 + i], w.shape[i], stride, dilation) for i in range(r)]
-    elif padding == "VALID":
-        pads = [(0, 0)] * r
-    elif isinstance(padding, int):
-        pads = [(padding, padding)] * r
-    else:
-        pads = list(padding)
+    pads = _pads(padding, x.shape, w.shape[:r], stride, dilation)
     xt = torch.from_numpy(np.moveaxis(x, -1, 1).copy())
     xt = F.pad(xt, [p for lo_hi in reversed(pads) for p in lo_hi])  # F.pad lists the last axis first
     wt = torch.from_numpy(np.moveaxis(w, (-1, -2), (0, 1)).copy())  # (*k, I, O) -> (O, I, *k)
     conv = F.conv2d if r == 2 else F.conv1d
-    y = conv(xt, wt, None if b is None else torch.from_numpy(np.asarray(b)), stride=stride, dilation=dilation)
+    y = conv(xt, wt, torch.from_numpy(np.asarray(b)), stride=stride, dilation=dilation)
     return np.moveaxis(y.numpy(), 1, -1)
 
 
-@pytest.mark.parametrize(
-    "xshape,k,cout,stride,padding,dilation,dtype",
-    [
-        ((2, 7, 6, 3), (3, 3), 4, 1, "SAME", 1, np.float32),
-        ((2, 7, 6, 3), (3, 3), 4, 1, "SAME", 1, np.float64),
-        ((2, 8, 7, 3), (3, 2), 5, 2, "SAME", 1, np.float64),
-        ((3, 9, 9, 2), (3, 3), 4, 2, "VALID", 1, np.float32),
-        ((2, 6, 7, 3), (3, 3), 2, 1, 1, 2, np.float64),
-        ((2, 6, 6, 2), (2, 3), 3, 1, ((1, 0), (2, 1)), 1, np.float32),
-        ((3, 11, 4), (5,), 6, 2, "SAME", 1, np.float64),  # 1-D
-    ],
-)
-def test_conv_matches_torch(xshape, k, cout, stride, padding, dilation, dtype):
-    rng = np.random.RandomState(0)
-    x = rng.randn(*xshape).astype(dtype)
-    w = rng.randn(*k, xshape[-1], cout).astype(dtype)
-    b = rng.randn(cout).astype(dtype)
-    expected = _torch_conv(x, w, b, stride, padding, dilation)
+def _run_conv(x, w, b, stride, padding, dilation, impl):
+    f = jax.jit(lambda p, x: bnjax.conv(p, {}, x, True, stride=stride, padding=padding, dilation=dilation,
+                                        impl=impl))
+    return f({"weight": jnp.asarray(w), "bias": jnp.asarray(b)}, jnp.asarray(x))
+
+
+CASES = [  # x shape, kernel, C_out, stride, padding, dilation, dtype
+    ((2, 7, 6, 3), (3, 3), 4, 1, "SAME", 1, np.float32),
+    ((2, 7, 6, 3), (3, 3), 4, 1, "SAME", 1, np.float64),
+    ((2, 8, 7, 3), (3, 2), 5, 2, "SAME", 1, np.float64),
+    ((3, 9, 9, 2), (3, 3), 4, 2, "VALID", 1, np.float32),
+    ((2, 6, 7, 3), (3, 3), 2, 1, 1, 2, np.float64),
+    ((2, 6, 6, 2), (2, 3), 3, 1, ((1, 0), (2, 1)), 1, np.float32),
+    ((3, 11, 4), (5,), 6, 2, "SAME", 1, np.float64),  # 1-D
+]
+
+
+def _case(xshape, k, cout, dtype, seed=0):
+    rng = np.random.RandomState(seed)
+    return (rng.randn(*xshape).astype(dtype), rng.randn(*k, xshape[-1], cout).astype(dtype),
+            rng.randn(cout).astype(dtype))
+
+
+@pytest.mark.parametrize("xshape,k,cout,stride,padding,dilation,dtype", CASES)
+def test_conv_matches_numpy(xshape, k, cout, stride, padding, dilation, dtype):
+    x, w, b = _case(xshape, k, cout, dtype)
+    expected = _np_conv(x, w, b, stride, padding, dilation)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
     with jax.enable_x64(dtype == np.float64):
         for impl in ("xla", "patches"):
-            y, stats = jax.jit(lambda p, x: bnjax.conv(p, {}, x, True, stride=stride, padding=padding,
-                                                       dilation=dilation, impl=impl))(
-                {"weight": jnp.asarray(w), "bias": jnp.asarray(b)}, jnp.asarray(x))
+            y, stats = _run_conv(x, w, b, stride, padding, dilation, impl)
             assert stats == {} and y.dtype == dtype and y.shape == expected.shape
-            tol = 1e-5 if dtype == np.float32 else 1e-12
+            np.testing.assert_allclose(y, expected, rtol=tol, atol=tol, err_msg=impl)
+
+
+@pytest.mark.parametrize("case", [CASES[2], CASES[3], CASES[4], CASES[6]])
+def test_conv_matches_torch(case):
+    torch = pytest.importorskip("torch")
+    xshape, k, cout, stride, padding, dilation, dtype = case
+    x, w, b = _case(xshape, k, cout, dtype, seed=1)
+    expected = _torch_conv(torch, x, w, b, stride, padding, dilation)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    with jax.enable_x64(dtype == np.float64):
+        for impl in ("xla", "patches"):
+            y, _ = _run_conv(x, w, b, stride, padding, dilation, impl)
             np.testing.assert_allclose(y, expected, rtol=tol, atol=tol, err_msg=impl)
 
 
@@ -88,25 +127,24 @@ def test_conv_weights_are_flax_conv_kernels(key):
     np.testing.assert_allclose(y, y_flax, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("impl", ["xla", "patches"])
-def test_conv_gradients_match_torch_and_finite_differences(x64, impl):
-    rng = np.random.RandomState(2)
-    x, w, b = rng.randn(2, 5, 4, 3), rng.randn(3, 3, 3, 2), rng.randn(2)
-    kw = {"stride": 2, "padding": "SAME"}
-    dy = rng.randn(*_torch_conv(x, w, b, **kw, dilation=1).shape)
-
+def _conv_vjp(impl, x, w, b, dy, **kw):
     def f(x, w, b):
         return bnjax.conv({"weight": w, "bias": b}, {}, x, True, **kw, impl=impl)[0]
 
     grads = jax.jit(lambda *a: jax.vjp(f, *a[:3])[1](a[3]))(*(jnp.asarray(v) for v in (x, w, b, dy)))
-    # torch autograd of the reference (float64).
-    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
-    pads = [_same_pads(x.shape[1 + i], w.shape[i], 2, 1) for i in range(2)]
-    yt = F.conv2d(F.pad(xt.permute(0, 3, 1, 2), [*pads[1], *pads[0]]), wt.permute(3, 2, 0, 1), bt, stride=2)
-    yt.backward(torch.from_numpy(np.moveaxis(dy, -1, 1).copy()))
-    for g, t in zip(grads, (xt, wt, bt)):
-        assert bnjax.rel_error(g, t.grad.numpy()) < 1e-10
-    # Central differences of the forward.
+    return f, grads
+
+
+def _grad_case():
+    rng = np.random.RandomState(2)
+    x, w, b = rng.randn(2, 5, 4, 3), rng.randn(3, 3, 3, 2), rng.randn(2)
+    return x, w, b, rng.randn(2, 3, 2, 2)  # dy: stride 2, SAME -> ceil(5/2) x ceil(4/2)
+
+
+@pytest.mark.parametrize("impl", ["xla", "patches"])
+def test_conv_gradients_match_finite_differences(x64, impl):
+    x, w, b, dy = _grad_case()
+    f, grads = _conv_vjp(impl, x, w, b, dy, stride=2, padding="SAME")
     fj = jax.jit(f)
     for i, a in enumerate((x, w, b)):
         def fi(z, i=i):
@@ -115,6 +153,20 @@ def test_conv_gradients_match_torch_and_finite_differences(x64, impl):
             return np.asarray(fj(*args))
 
         assert bnjax.rel_error(grads[i], bnjax.numeric_vjp(fi, a, dy)) < 1e-7
+
+
+def test_conv_gradients_match_torch_autograd(x64):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    x, w, b, dy = _grad_case()
+    xt, wt, bt = (torch.tensor(a, requires_grad=True) for a in (x, w, b))
+    pads = [_same_pads(x.shape[1 + i], w.shape[i], 2, 1) for i in range(2)]
+    yt = F.conv2d(F.pad(xt.permute(0, 3, 1, 2), [*pads[1], *pads[0]]), wt.permute(3, 2, 0, 1), bt, stride=2)
+    yt.backward(torch.from_numpy(np.moveaxis(dy, -1, 1).copy()))
+    for impl in ("xla", "patches"):
+        _, grads = _conv_vjp(impl, x, w, b, dy, stride=2, padding="SAME")
+        for g, t in zip(grads, (xt, wt, bt)):
+            assert bnjax.rel_error(g, t.grad.numpy()) < 1e-10, impl
 
 
 def test_conv_init_scales_and_options(key):
@@ -153,6 +205,7 @@ _W = {"weight": np.zeros((3, 3, 3, 4), np.float32)}  # a 3x3 kernel, 3 -> 4 chan
         (lambda k: bnjax.max_pool(jnp.ones((2, 3)), 2), ValueError, "at least one spatial axis"),
         (lambda k: bnjax.MaxPool((2, 2), stride=(1, 1, 1)), ValueError, "stride=\\(1, 1, 1\\)"),
         (lambda k: bnjax.GroupNorm(12, num_groups=5), ValueError, "num_groups=5 does not divide the 12 channels"),
+        (lambda k: bnjax.GroupNorm(0), ValueError, "num_channels=0 must be a positive int"),
     ],
 )
 def test_errors_name_the_argument(key, call, exc, match):
@@ -201,18 +254,31 @@ def test_pools_match_numpy(window, stride, padding, pads):
         )
 
 
-def test_pool_gradients_match_torch(x64):
+def _pool_vjp(pool, x, dy):
+    # Under jit: reduce_window's gradient needs the pooling init value to stay concrete while traced.
+    return jax.jit(lambda z, ct: jax.vjp(lambda u: pool(u, 2), z)[1](ct)[0])(jnp.asarray(x), jnp.asarray(dy))
+
+
+def test_pool_gradients_match_finite_differences(x64):
     rng = np.random.RandomState(4)
-    x = rng.randn(2, 6, 5, 3)
-    dy = rng.randn(2, 3, 2, 3)
+    x, dy = rng.randn(2, 6, 5, 3), rng.randn(2, 3, 2, 3)  # distinct values: each window has one maximum
+    for pool in (bnjax.max_pool, bnjax.avg_pool):
+        fj = jax.jit(lambda z, pool=pool: pool(z, 2))
+        numeric = bnjax.numeric_vjp(lambda z: np.asarray(fj(jnp.asarray(z))), x, dy)
+        assert bnjax.rel_error(_pool_vjp(pool, x, dy), numeric) < 1e-7
+
+
+def test_pool_gradients_match_torch(x64):
+    torch = pytest.importorskip("torch")
+    F = torch.nn.functional
+    rng = np.random.RandomState(4)
+    x, dy = rng.randn(2, 6, 5, 3), rng.randn(2, 3, 2, 3)
     xt = torch.tensor(np.moveaxis(x, -1, 1).copy(), requires_grad=True)
     dyt = torch.from_numpy(np.moveaxis(dy, -1, 1).copy())
     for ours, theirs in ((bnjax.max_pool, F.max_pool2d), (bnjax.avg_pool, F.avg_pool2d)):
-        # Under jit: reduce_window's gradient needs the pooling init value to stay concrete while traced.
-        g = jax.jit(lambda z, ct, ours=ours: jax.vjp(lambda u: ours(u, 2), z)[1](ct)[0])(jnp.asarray(x), dy)
         xt.grad = None
         theirs(xt, 2).backward(dyt)
-        assert bnjax.rel_error(g, np.moveaxis(xt.grad.numpy(), 1, -1)) < 1e-12
+        assert bnjax.rel_error(_pool_vjp(ours, x, dy), np.moveaxis(xt.grad.numpy(), 1, -1)) < 1e-12
 
 
 def test_flatten_and_global_avg_pool():

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bnjax._typing import Array, Layer, Params, PRNGKey, State
+from bnjax.nn import _checks
 from bnjax.nn._group_norm import _resolve_groups, group_norm, group_norm_init
 
 
@@ -23,7 +24,8 @@ def GroupNorm(
     here, when the model is built. No running statistics: ``init`` returns ``({"scale", "bias"}, {})`` and
     ``apply`` is the same in train and eval mode. ``apply`` accepts and ignores extra keyword options.
     """
-    group_norm_init(num_channels)  # checks num_channels
+    if not _checks.is_int(num_channels) or num_channels < 1:
+        raise ValueError(f"GroupNorm: num_channels={num_channels!r} must be a positive int.")
     _resolve_groups("GroupNorm", num_channels, num_groups, group_size)
     init_kw = {} if dtype is None else {"dtype": dtype}
 
