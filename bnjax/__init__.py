@@ -21,10 +21,11 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
         # layers as functions
         "batch_norm", "batch_norm_init", "ghost_batch_norm", "batch_renorm", "renorm_schedule",
         "layer_norm", "layer_norm_init", "group_norm", "group_norm_init", "rms_norm", "rms_norm_init",
-        "dropout", "dropout_init", "dense", "dense_init",
+        "dropout", "dropout_init", "dense", "dense_init", "conv", "conv_init",
+        "max_pool", "avg_pool", "global_avg_pool", "flatten",
         # layers as Layer pairs, and composition
         "Activation", "BatchNorm", "BatchRenorm", "Dense", "Dropout", "GhostBatchNorm", "GroupNorm",
-        "LayerNorm", "RMSNorm", "serial", "MLPSpec", "mlp", "norm_layer",
+        "LayerNorm", "RMSNorm", "Conv", "MaxPool", "AvgPool", "GlobalAvgPool", "Flatten", "serial", "MLPSpec", "mlp", "norm_layer",
         # inference-time folding
         "fold_batch_norm", "fold_mlp",
         # gradient checks

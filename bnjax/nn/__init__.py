@@ -45,8 +45,30 @@ from bnjax.nn._rms_norm import rms_norm_init as rms_norm_init
 from bnjax.nn._stats import compute_stats as compute_stats
 from bnjax.nn._stats import normalize_affine as normalize_affine
 from bnjax.nn._stats import update_running_stats as update_running_stats
+from bnjax.nn._conv import Conv as Conv
+from bnjax.nn._conv import conv as conv
+from bnjax.nn._conv import conv_init as conv_init
+from bnjax.nn._pool import AvgPool as AvgPool
+from bnjax.nn._pool import Flatten as Flatten
+from bnjax.nn._pool import GlobalAvgPool as GlobalAvgPool
+from bnjax.nn._pool import MaxPool as MaxPool
+from bnjax.nn._pool import avg_pool as avg_pool
+from bnjax.nn._pool import flatten as flatten
+from bnjax.nn._pool import global_avg_pool as global_avg_pool
+from bnjax.nn._pool import max_pool as max_pool
 
 __all__ = [
+    "AvgPool",
+    "Conv",
+    "Flatten",
+    "GlobalAvgPool",
+    "MaxPool",
+    "avg_pool",
+    "conv",
+    "conv_init",
+    "flatten",
+    "global_avg_pool",
+    "max_pool",
     "Activation",
     "BatchNorm",
     "BatchRenorm",

@@ -21,7 +21,8 @@ from bnjax.nn._dense import dense, dense_init
 from bnjax.nn._dropout import dropout as dropout_fn
 from bnjax.nn._dropout import dropout_init
 from bnjax.nn._ghost import ghost_batch_norm
-from bnjax.nn._group_norm import group_norm, group_norm_init
+from bnjax.nn._group_norm import _resolve_groups, group_norm, group_norm_init
+from bnjax.nn._checks import is_int
 from bnjax.nn._layer_norm import layer_norm, layer_norm_init
 from bnjax.nn._renorm import batch_renorm, renorm_schedule
 from bnjax.nn._rms_norm import rms_norm, rms_norm_init
@@ -275,7 +276,13 @@ def GroupNorm(
     num_channels: int, *, num_groups: int | None = None, group_size: int | None = None, dtype: Any = None,
     **options: Any,
 ) -> Layer:
-    """:func:`bnjax.group_norm` over channels-last inputs as a :class:`Layer` (pytree name ``"gn"``)."""
+    """:func:`bnjax.group_norm` over channels-last inputs as a :class:`Layer` (pytree name ``"gn"``).
+
+    Give ``num_groups`` or ``group_size``; both are checked against ``num_channels`` here, when the model is built.
+    """
+    if not is_int(num_channels) or num_channels < 1:
+        raise ValueError(f"GroupNorm: num_channels={num_channels!r} must be a positive int.")
+    _resolve_groups("GroupNorm", num_channels, num_groups, group_size)
     init_kw = {} if dtype is None else {"dtype": dtype}
 
     def apply(params: Params, batch_stats: State, x: Array, train: bool, *,
