@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bnjax.data import FASHION_MNIST_DIR
 from bnjax.run import cli, runner
 from bnjax.run.results import read_metrics
 
@@ -243,6 +245,7 @@ model = { norm = "group" }
 """
 
 
+@pytest.mark.skipif(not Path(FASHION_MNIST_DIR).is_dir(), reason="Fashion-MNIST (dataset-fashion-mnist) not installed")
 def test_factory_model_trains_through_bnjax_run(project):
     (project / "models").mkdir()
     (project / "models" / "net.py").write_text(MODEL_FILE)
