@@ -282,6 +282,14 @@ def test_layer_model_errors():
     with pytest.raises(TypeError, match=r"the model must be a bnjax.Layer .* or an MLPSpec, got dict"):
         train_ensemble({"init": None}, TOY_CFG, data)
 
+    def own_stats(params, batch_stats, x, train, *, key=None):  # running statistics, but no bn_average option
+        return x, batch_stats
+
+    mine = bnjax.serial(bnjax.Layer(lambda k: ({}, {"mean": jnp.zeros(6), "var": jnp.ones(6)}), own_stats, "mine"),
+                        bnjax.Dense(6, 3))
+    with pytest.raises(ValueError, match=r"train_ensemble: the model's layers take no 'bn_average' option"):
+        train_ensemble(mine, TOY_CFG.replace(precise_bn_batches=1), data)
+
 
 def test_sentinel_of_a_plain_layer_checks_its_output():
     """A model that is not a composition: a non-finite parameter that reaches the output freezes the member."""

@@ -42,8 +42,7 @@ from bnjax._typing import FieldError, Layer
 from bnjax.data import DATASET_NAMES, Dataset, load_dataset, prepare
 from bnjax.nn import MLPSpec
 from bnjax.run._schema import ConfigError, build, check_keys, coerce
-from bnjax.train import TrainConfig
-from bnjax.train._config import member_value_problem
+from bnjax.train import Member, TrainConfig
 
 __all__ = [
     "ConfigError",
@@ -216,19 +215,20 @@ class SweepConfig:
     bn_momentum: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        # Each value is checked by the one member type (bnjax.train.Member) that the engine validates with.
         if not self.seeds:
             raise FieldError("SweepConfig", "seeds", [], "must list at least one seed, e.g. seeds = [0, 1, 2].")
-        if len(set(self.seeds)) != len(self.seeds) or any(member_value_problem("seed", s) for s in self.seeds):
-            raise FieldError("SweepConfig", "seeds", list(self.seeds), "must be distinct ints >= 0.")
-        for axis in SWEEP_AXES:
-            values = getattr(self, axis)
+        for axis in ("seed", *SWEEP_AXES):
+            values = self.seeds if axis == "seed" else getattr(self, axis)
+            name = "seeds" if axis == "seed" else axis
             for v in values:
-                bad = member_value_problem(axis, v)
-                if bad:
-                    raise FieldError("SweepConfig", axis, list(values), f"holds {v!r}, which is out of range: each "
-                                     f"value {bad}")
+                try:
+                    Member(**{axis: v})
+                except FieldError as e:
+                    raise FieldError("SweepConfig", name, list(values),
+                                     f"holds {v!r}, which is out of range: each value {e.expected}") from None
             if len(set(values)) != len(values):
-                raise FieldError("SweepConfig", axis, list(values), "repeats a value; list each value once.")
+                raise FieldError("SweepConfig", name, list(values), "repeats a value; list each value once.")
 
     @property
     def axes(self) -> tuple[str, ...]:

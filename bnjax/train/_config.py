@@ -111,11 +111,8 @@ MODEL_OPTIONS = {"weight_scale": "init", "dropout": "apply", "bn_momentum": "app
 ``apply`` reads them."""
 
 
-def member_value_problem(name: str, value: Any) -> str | None:
-    """What is wrong with ``value`` as member setting ``name`` (a sentence after the value), or None.
-
-    The one copy of the member rules: :class:`Member` and a config's ``[sweep]`` axes both check with it.
-    """
+def _member_problem(name: str, value: Any) -> str | None:
+    """What is wrong with ``value`` as member setting ``name`` (a sentence after the value), or None."""
     if name == "seed":
         return None if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0 else (
             "must be an int >= 0.")
@@ -160,14 +157,10 @@ class Member:
             v = getattr(self, name)
             if v is None and name in MODEL_OPTIONS:
                 continue
-            bad = member_value_problem(name, v)
+            bad = _member_problem(name, v)
             if bad is not None:
                 raise FieldError("Member", name, v, bad)
             object.__setattr__(self, name, int(v) if name == "seed" else float(v))
-
-    def options(self, where: str) -> dict[str, float]:
-        """The model options this member sets for ``where`` (``"init"`` or ``"apply"``)."""
-        return {k: getattr(self, k) for k, w in MODEL_OPTIONS.items() if w == where and getattr(self, k) is not None}
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as plain values, unset options left out (what results and reports store)."""

@@ -25,8 +25,8 @@ from bnjax._typing import FieldError, Layer
 from bnjax.nn._mlp import MLPSpec
 from bnjax.train import _checkpoint
 from bnjax.train._config import MEMBER_FIELDS, MODEL_OPTIONS, Member, TrainConfig
-from bnjax.train._model import Model, as_model
-from bnjax.train._precise_bn import _average_stats
+from bnjax.train._model import Model, as_model, stats_layout
+from bnjax.train._precise_bn import _average_stats, check_precise_options
 from bnjax.train._step import (
     TrainState,
     epoch_batches,
@@ -481,6 +481,8 @@ def train_ensemble(
     member_dicts = [x.to_dict() for x in resolved]
 
     states = init_ensemble(m, cfg, resolved)
+    if cfg.precise_bn_batches and stats_layout(states.batch_stats):
+        check_precise_options(m, fn)
     history = {}
     loss_history = np.zeros((k_members, 0), np.float32)
     epoch_times: list[float] = []

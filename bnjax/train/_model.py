@@ -65,21 +65,25 @@ def forward(
 ) -> tuple[Array, State, Array]:
     """``layer.apply`` plus a non-finiteness sentinel: ``(y, new_batch_stats, sentinel)``.
 
-    ``sentinel = sum(z * 0)`` over the output ``z`` of every layer of a composition that has parameters
-    (for any other model: over its output): exactly 0 when all of them are finite, NaN otherwise. With a
-    finite input, a non-finite parameter makes its own layer's output non-finite, even where a later ReLU,
-    saturating activation or dropout mask would hide it from the loss; so a training step learns from this
-    scalar that a parameter went non-finite, without a pass over the parameters.
+    ``sentinel = sum(z * 0)`` over the outputs ``z`` of a composition's layers that have parameters and are
+    followed by a parameter-free layer (an activation, dropout, pooling) or end the model -- for an MLP, the
+    pre-activations and the logits; for any other model, its output: exactly 0 when all of them are finite,
+    NaN otherwise. A non-finite parameter makes its layer's output non-finite, and a layer with parameters
+    (affine or normalizing) passes a non-finite input on, so the first parameter-free layer after it sees
+    it -- where a ReLU, a saturating activation or a dropout mask could hide it from the loss. A training
+    step thus learns from this scalar that a parameter went non-finite, without a pass over the parameters.
 
     ``first``, if given, is the first layer's ``x @ weight.T`` computed by the caller (``x`` is then not
     read; the layer must be :func:`bnjax.Dense`): an ensemble whose members share ``x`` computes it for all
     members as one matmul. Options are routed as by :func:`bnjax.serial`.
     """
     parts = []
+    names = [name for name, _ in layer.layers]
+    watched = {name for name, after in zip(names, [*names[1:], None]) if name in params and after not in params}
 
     def tap(name: str, sub: Layer, y: Array) -> None:
         del sub
-        if name in params:
+        if name in watched:
             parts.append(_zero_sum(y))
 
     if layer.layers:

@@ -48,6 +48,15 @@ def _like(layout: State, stats: State) -> State:
     return {k: _like(v, stats[k]) if isinstance(v, Mapping) else v for k, v in layout.items()}
 
 
+def check_precise_options(model: Model, fn: str) -> None:
+    """Raises ValueError unless the model's layers take the options precise BN runs them with."""
+    missing = [o for o in _OPTIONS if not model.takes(o)]
+    if missing:
+        raise ValueError(f"{fn}: the model's layers take no {missing[0]!r} option, so its batch norms cannot be "
+                         f"switched to averaging batch statistics; build them with bnjax.BatchNorm (or "
+                         f"GhostBatchNorm, BatchRenorm), which take bn_average and bn_unbiased.")
+
+
 def _average_stats(
     model: Model,
     params: Params,
@@ -153,11 +162,7 @@ def recompute_batch_stats(
         )
     if not stats_layout(batch_stats):
         return batch_stats
-    missing = [o for o in _OPTIONS if not m.takes(o)]
-    if missing:
-        raise ValueError(f"{fn}: the model's layers take no {missing[0]!r} option, so its batch norms cannot be "
-                         f"switched to averaging batch statistics; build them with bnjax.BatchNorm (or "
-                         f"GhostBatchNorm, BatchRenorm), which take bn_average and bn_unbiased.")
+    check_precise_options(m, fn)
     if dropout is True:
         rate = m.spec.dropout if m.spec is not None else None
     elif dropout is False:

@@ -149,9 +149,10 @@ def make_train_step(
         the divergence test uses the ``psum`` of the sentinels, so it agrees on every device; the dropout key
         is folded with ``lax.axis_index(axis_name)``. None (default): a single-device step.
       sync_bn: with ``axis_name``: True -- the model gets the option ``axis_name``, so batch norm uses the
-        global batch statistics (synchronized BN); False -- each device normalises with its own shard's
-        statistics ("ghost" BN) and the replicated running statistics become the mean over devices of the
-        per-device updates (for ``"ema"``: ``momentum * old + (1 - momentum) * mean_d(batch_d)``).
+        global batch statistics (synchronized BN); False (or a model that takes no ``axis_name``) -- each
+        device normalises with its own shard's statistics ("ghost" BN) and the replicated running statistics
+        become the mean over devices of the per-device updates (for ``"ema"``: ``momentum * old + (1 -
+        momentum) * mean_d(batch_d)``).
 
     Returns:
       The step function; wrap it in ``jax.jit`` (and ``jax.vmap`` for ensembles).
@@ -255,9 +256,10 @@ def _step_parts(
             # device-invariant loss w.r.t. the replicated parameters yields the psum'd global gradient.
             loss = jax.lax.pmean(loss, axis_name)
             sentinel = jax.lax.psum(sentinel, axis_name)
-            if not sync_bn:
-                # Ghost BN: the running statistics are linear in the batch statistics, so this is the update
-                # with the per-device batch statistics averaged.
+            if bn_axis is None:
+                # Per-device statistics (sync_bn=False, or layers that take no axis_name such as ghost BN): the
+                # running statistics are linear in the batch statistics, so this is the update with the
+                # per-device batch statistics averaged, the same on every device.
                 new_stats = jax.lax.pmean(new_stats, axis_name)
         if cfg.l2:
             loss = loss + cfg.l2 * l2_penalty(params)
