@@ -17,6 +17,7 @@ from bnjax.nn._checks import is_int as _is_int, is_number as _is_number
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "epoch_decay", "cosine")
+COMPUTE_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,10 @@ class TrainConfig:
         batches of ``batch_size`` (:func:`bnjax.train.recompute_batch_stats`); metrics get a ``"_precise"``
         suffix.
       seed: default member seed; it also fixes the evaluation subset and, with shared batches, the order.
+      compute_dtype: ``"float32"`` (default) or ``"bfloat16"``: mixed precision. Parameters, optimizer state
+        and running statistics stay float32; each step casts the floating parameters and the input to bfloat16,
+        so matmuls and activations run in bfloat16, while every normalization computes its statistics and
+        updates its running averages in float32 and the loss is reduced in float32 (see :func:`cast_compute`).
     """
 
     optimizer: str = "adam"
@@ -59,6 +64,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     precise_bn_batches: int = 0
     seed: int = 0
+    compute_dtype: str = "float32"
 
     def __post_init__(self) -> None:
         bad = _validate(self)
@@ -74,6 +80,8 @@ def _validate(c: TrainConfig) -> tuple[str, Any, str] | None:
     """The first problem with ``c`` as ``(field, value, what would be accepted)``, or None."""
     if c.optimizer not in OPTIMIZERS:
         return "optimizer", c.optimizer, f"is not a valid option; use one of {OPTIMIZERS}."
+    if c.compute_dtype not in COMPUTE_DTYPES:
+        return "compute_dtype", c.compute_dtype, f"is not a valid option; use one of {COMPUTE_DTYPES}."
     if c.schedule not in SCHEDULES:
         return "schedule", c.schedule, f"is not a valid option; use one of {SCHEDULES}."
     for name in ("learning_rate", "lr_decay"):
@@ -202,3 +210,15 @@ def lr_factor(cfg: TrainConfig, step: Any, steps_per_epoch: int) -> jax.Array:
     else:
         fn = optax.cosine_decay_schedule(1.0, decay_steps=cfg.epochs * steps_per_epoch)
     return jnp.asarray(fn(step), jnp.float32)
+
+
+def cast_compute(compute_dtype: str, params: Any, x: Any) -> tuple[Any, Any]:
+    """``(params, x)`` in ``compute_dtype`` (:attr:`TrainConfig.compute_dtype`): every floating leaf and a
+    floating ``x`` cast (a no-op for ``"float32"``). Running statistics are not passed through here: they stay float32, and the normalization layers
+    compute batch statistics in float32 for low-precision inputs. The cast is differentiable, so gradients reach
+    the float32 parameters in float32."""
+    if compute_dtype == "float32":
+        return params, x
+    dt = jnp.dtype(compute_dtype)
+    cast = lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
+    return jax.tree.map(cast, params), cast(x)

@@ -24,7 +24,7 @@ import numpy as np
 from bnjax._typing import FieldError, Layer
 from bnjax.nn._mlp import MLPSpec
 from bnjax.train import _checkpoint
-from bnjax.train._config import MEMBER_FIELDS, MODEL_OPTIONS, Member, TrainConfig
+from bnjax.train._config import MEMBER_FIELDS, MODEL_OPTIONS, Member, TrainConfig, cast_compute
 from bnjax.train._model import Model, as_model, stats_layout
 from bnjax.train._precise_bn import _average_stats, check_precise_options
 from bnjax.train._step import (
@@ -271,11 +271,12 @@ def make_eval_fn(
         variants = [("", batch_stats)]
         if precise_batches:
             xb = precise_x.reshape(precise_batches, cfg.batch_size, *precise_x.shape[1:])
-            variants.append(("_precise", _average_stats(m, params, batch_stats, xb, unbiased=False, rate=0.0,
+            cparams, cxb = cast_compute(cfg.compute_dtype, params, xb)
+            variants.append(("_precise", _average_stats(m, cparams, batch_stats, cxb, unbiased=False, rate=0.0,
                                                         key=None)))
         for suffix, stats in variants:
             for name, (x, y) in sets.items():
-                r = evaluate(m, params, stats, x, y, batch_size=cfg.eval_batch_size)
+                r = evaluate(m, params, stats, x, y, batch_size=cfg.eval_batch_size, compute_dtype=cfg.compute_dtype)
                 out[f"{name}_acc{suffix}"] = r["acc"]
                 out[f"{name}_loss{suffix}"] = r["loss"]
         return out
@@ -300,7 +301,7 @@ def _program_cfg(cfg: TrainConfig, *, eval_fields: bool = False) -> TrainConfig:
     common = {"learning_rate": 1.0, "seed": 0}
     if eval_fields:  # the evaluation program reads only these
         return TrainConfig(batch_size=cfg.batch_size, eval_batch_size=cfg.eval_batch_size,
-                           precise_bn_batches=cfg.precise_bn_batches)
+                           precise_bn_batches=cfg.precise_bn_batches, compute_dtype=cfg.compute_dtype)
     epochs = cfg.epochs if cfg.schedule == "cosine" else 1  # only the cosine schedule reads the run length
     return cfg.replace(eval_train_samples=1, eval_batch_size=1, precise_bn_batches=0, epochs=epochs, **common)
 

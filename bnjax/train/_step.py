@@ -24,7 +24,7 @@ import optax
 from bnjax._typing import Array, Layer, Params, State
 from bnjax.nn._combinators import select_options
 from bnjax.nn._mlp import MLPSpec
-from bnjax.train._config import TrainConfig, is_weight, lr_factor, make_optimizer
+from bnjax.train._config import TrainConfig, cast_compute, is_weight, lr_factor, make_optimizer
 from bnjax.train._model import Model, as_model, first_dense, forward
 
 # fold_in tags that separate the random streams derived from one seed.
@@ -249,8 +249,13 @@ def _step_parts(
             options["axis_name"] = bn_axis
         if pass_step:
             options["step"] = step
-        logits, new_stats, sentinel = forward(m.layer, params, batch_stats, x, True, key=key, first=first, **options)
-        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
+        cparams, x = cast_compute(cfg.compute_dtype, params, x)
+        if first is not None:
+            first = first.astype(x.dtype)
+        logits, new_stats, sentinel = forward(m.layer, cparams, batch_stats, x, True, key=key, first=first,
+                                              **options)
+        # The loss in float32 whatever the compute dtype (mixed precision, TrainConfig.compute_dtype).
+        loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y))
         if axis_name is not None:
             # Equal shards: the mean of the local means is the mean over all examples. Differentiating this
             # device-invariant loss w.r.t. the replicated parameters yields the psum'd global gradient.
@@ -303,8 +308,12 @@ def evaluate(
     y: Array,
     *,
     batch_size: int = 1000,
+    compute_dtype: str = "float32",
 ) -> dict[str, Array]:
     """Eval-mode accuracy and mean softmax cross-entropy of one model on ``x (N, ...)``, ``y (N,)``.
+
+    ``compute_dtype="bfloat16"`` runs the model as mixed-precision training does (parameters and input cast,
+    running statistics and the loss in float32; :class:`TrainConfig`).
 
     An MLP's inputs are flattened to ``(N, -1)``; any other model gets ``x`` as it is. Runs in chunks of
     ``batch_size`` (the last chunk padded and masked), so memory stays bounded; jit- and vmap-compatible
@@ -322,10 +331,13 @@ def evaluate(
     xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape(chunks, bs, *x.shape[1:])
     ys = jnp.pad(y, (0, pad)).reshape(chunks, bs)
     mask = (jnp.arange(chunks * bs) < n).reshape(chunks, bs)
+    cparams, cx = cast_compute(compute_dtype, params, xs[:0])
+    cx_dtype = cx.dtype
 
     def chunk(args):
         xc, yc, mc = args
-        logits, _ = m.layer.apply(params, batch_stats, xc, False)
+        logits, _ = m.layer.apply(cparams, batch_stats, xc.astype(cx_dtype), False)
+        logits = logits.astype(jnp.float32)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, yc)
         correct = jnp.argmax(logits, axis=-1) == yc
         return jnp.sum(jnp.where(mc, correct, False)), jnp.sum(jnp.where(mc, ce, 0.0))
