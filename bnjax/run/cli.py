@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out: finished variants are kept, the interrupted one resumes from "
                         "its last intact epoch checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use JAX's persistent compilation cache (default: on, in $XDG_CACHE_HOME/bnjax/"
+                        "jax-compile or ~/.cache/bnjax/jax-compile; BNJAX_COMPILE_CACHE=0 also turns it off)")
     p.set_defaults(func=_cmd_run, argv=None, out_dir=None)
 
     p = sub.add_parser("report", parents=[common],
@@ -125,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "layer); prints medians and ratios, saves JSON")
     p.add_argument("--quick", action="store_true", help="one workload per part and few rounds (a smoke run)")
     p.add_argument("--out", default=None, help="JSON file (default bench_results/bench-<time>.json)")
+    p.add_argument("--no-compile-cache", action="store_true",
+                   help="do not use JAX's persistent compilation cache (default: on, in $XDG_CACHE_HOME/bnjax/"
+                        "jax-compile or ~/.cache/bnjax/jax-compile; BNJAX_COMPILE_CACHE=0 also turns it off)")
     p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("list", parents=[common], help="list the study configs with their one-line descriptions")
@@ -163,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     logger = logging.getLogger("bnjax")
     logger.addHandler(handler)
     try:
+        if hasattr(args, "no_compile_cache"):
+            from bnjax.run._platform import compile_cache_wanted, enable_compile_cache
+
+            if compile_cache_wanted(args.no_compile_cache):
+                enable_compile_cache()
         return int(args.func(args) or 0)
     except RunInterrupted as e:
         how = "Ctrl-C" if e.exit_code == 130 else e.args[0]
