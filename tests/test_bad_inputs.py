@@ -186,7 +186,7 @@ CASES = [
     Case("unknown loader option", ("[data]", "unknown loader_options", "bogus", "num_features"),
          config=patched(data={"loader": {"bogus": 1}})),
     Case("no seeds", ("seeds", "at least one seed"), config=patched(sweep={"seeds": []})),
-    Case("repeated seeds", ("seeds", "distinct"), config=patched(sweep={"seeds": [0, 0]})),
+    Case("repeated seeds", ("sweep.seeds", "repeats a value"), config=patched(sweep={"seeds": [0, 0]})),
     Case("swept dropout out of range", ("dropout", "out of range", "[0, 1)"), config=patched(sweep={"dropout": [1.0]})),
     Case("variants not an array", ("variants must be an array of tables",), config=patched(variants=3)),
     Case("variant without a name", ("variants[0].name", "None"), config=patched(variants=[{"description": "x"}])),

@@ -214,11 +214,11 @@ def lr_factor(cfg: TrainConfig, step: Any, steps_per_epoch: int) -> jax.Array:
 
 def cast_compute(compute_dtype: str, params: Any, x: Any) -> tuple[Any, Any]:
     """``(params, x)`` in ``compute_dtype`` (:attr:`TrainConfig.compute_dtype`): every floating leaf and a
-    floating ``x`` cast (a no-op for ``"float32"``). Running statistics are not passed through here: they stay float32, and the normalization layers
+    floating ``x`` cast (a no-op for ``"float32"``; ``x=None`` stays None). Running statistics are not passed through here: they stay float32, and the normalization layers
     compute batch statistics in float32 for low-precision inputs. The cast is differentiable, so gradients reach
     the float32 parameters in float32."""
     if compute_dtype == "float32":
         return params, x
     dt = jnp.dtype(compute_dtype)
-    cast = lambda a: a.astype(dt) if jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
+    cast = lambda a: a.astype(dt) if a is not None and jnp.issubdtype(a.dtype, jnp.floating) else a  # noqa: E731
     return jax.tree.map(cast, params), cast(x)

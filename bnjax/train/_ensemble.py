@@ -536,9 +536,7 @@ def train_ensemble(
         epoch_times.append(time.perf_counter() - t0)
         loss_history = np.concatenate([loss_history, losses], axis=1)
         values = record(epoch, eval_fn(states, sets, precise_x))
-        if callback is not None:
-            callback(epoch, values | {"loss": losses.mean(axis=1)})
-        if checkpoint_dir is not None:
+        if checkpoint_dir is not None:  # before the callback: an interrupt there keeps this epoch's checkpoint
             _checkpoint.save_checkpoint(checkpoint_dir, fingerprint, {
                 "epoch": epoch,
                 "state": _checkpoint.to_state_dict(jax.device_get(states)),
@@ -546,6 +544,8 @@ def train_ensemble(
                 "loss_history": loss_history,
                 "epoch_times": np.asarray(epoch_times, np.float64),
             })
+        if callback is not None:
+            callback(epoch, values | {"loss": losses.mean(axis=1)})
 
     final = jax.device_get(states)
     return EnsembleResult(

@@ -250,8 +250,8 @@ def _step_parts(
         if pass_step:
             options["step"] = step
         cparams, x = cast_compute(cfg.compute_dtype, params, x)
-        if first is not None:
-            first = first.astype(x.dtype)
+        if first is not None:  # the shared first-layer matmul of an ensemble, computed by the caller
+            _, first = cast_compute(cfg.compute_dtype, None, first)
         logits, new_stats, sentinel = forward(m.layer, cparams, batch_stats, x, True, key=key, first=first,
                                               **options)
         # The loss in float32 whatever the compute dtype (mixed precision, TrainConfig.compute_dtype).
