@@ -613,7 +613,7 @@ precise_stats = bnjax.train.recompute_batch_stats(spec_bn, params_k, ema_stats, 
 
 
 def accuracy(spec, params, batch_stats, x, y):
-    logits, _ = bnjax.mlp_apply(params, batch_stats, jnp.asarray(x), False, spec=spec)
+    logits, _ = bnjax.mlp(spec).apply(params, batch_stats, jnp.asarray(x), False)
     return float(np.mean(np.argmax(np.asarray(logits), axis=-1) == y))
 
 
@@ -646,8 +646,8 @@ print(f"one layer: max |dense -> BN  -  folded dense| = {float(jnp.max(jnp.abs(y
       f"(outputs up to {float(jnp.max(jnp.abs(y_bn))):.1f})")
 
 folded, folded_spec = bnjax.fold_mlp(spec_bn, params_k, precise_stats)
-logits_bn, _ = bnjax.mlp_apply(params_k, precise_stats, x_val, False, spec=spec_bn)
-logits_folded, _ = bnjax.mlp_apply(folded, {}, x_val, False, spec=folded_spec)
+logits_bn, _ = bnjax.mlp(spec_bn).apply(params_k, precise_stats, x_val, False)
+logits_folded, _ = bnjax.mlp(folded_spec).apply(folded, {}, x_val, False)
 diff = float(jnp.max(jnp.abs(logits_bn - logits_folded)))
 print(f"whole MLP ({folded_spec.norm!r} norm after folding): max |logits difference| = {diff:.2e} "
       f"(logits up to {float(jnp.max(jnp.abs(logits_bn))):.1f})")

@@ -97,13 +97,13 @@ def fold_batch_norm(
 def fold_mlp(
     spec: MLPSpec, params: Params, batch_stats: State, *, eps: float | None = None
 ) -> tuple[Params, MLPSpec]:
-    """Folds every batch norm of a :func:`bnjax.mlp_init` MLP into the dense layer before it.
+    """Folds every batch norm of a :func:`bnjax.mlp` MLP into the dense layer before it.
 
     Each hidden ``dense_i -> bn_i`` pair becomes one ``dense_i`` with a bias (:func:`fold_batch_norm`);
     the output layer is copied. The result is an MLP without normalization layers::
 
         folded, folded_spec = fold_mlp(spec, params, batch_stats)
-        mlp_apply(folded, {}, x, False, spec=folded_spec)  ==  mlp_apply(params, batch_stats, x, False, spec=spec)
+        mlp(folded_spec).apply(folded, {}, x, False)  ==  mlp(spec).apply(params, batch_stats, x, False)
 
     up to float rounding, with ``folded_spec = spec.replace(norm="none")`` (dense layers with biases, the
     same activations and dropout, which is the identity in eval mode). Only eval-mode outputs are preserved:
