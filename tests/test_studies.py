@@ -247,14 +247,14 @@ def _trained(dropout_layers, dropouts, running_var):
     """A TrainedVariant of K untrained (init) members of a 2 x 8 BN net, with chosen running variances."""
     import jax
 
-    from bnjax.nn import MLPSpec, mlp_init
+    from bnjax.nn import MLPSpec, mlp
     from bnjax.run.runner import TrainedVariant
     from bnjax.train import TrainConfig
 
     spec = MLPSpec(in_features=6, hidden=(8, 8), num_classes=3, norm="batch", init="he",
                    dropout_layers=dropout_layers)
     cfg = TrainConfig(batch_size=25, precise_bn_batches=2, eval_batch_size=40)
-    trees = [mlp_init(jax.random.key(k), spec) for k in range(len(dropouts))]
+    trees = [mlp(spec).init(jax.random.key(k)) for k in range(len(dropouts))]
     rng = np.random.default_rng(0)
     for (_, stats), v in zip(trees, running_var):
         for name in stats:

@@ -38,6 +38,7 @@ from bnjax.train._step import (
 )
 
 SPLITS = ("train", "val", "test")
+_READERS = {"weight_scale": "bnjax.Dense", "dropout": "bnjax.Dropout", "bn_momentum": "bnjax.BatchNorm"}
 
 
 class DatasetLike(Protocol):
@@ -178,7 +179,7 @@ def resolve_members(
             raise ValueError(
                 f"{fn}: members set {name!r}, but the model's {where} takes no {name!r} option, so every member "
                 f"would train alike; drop it from the members, or give the model a layer that reads it "
-                f"({ {'weight_scale': 'bnjax.Dense', 'dropout': 'bnjax.Dropout'}.get(name, 'bnjax.BatchNorm') })."
+                f"({_READERS[name]})."
             )
     return out
 
