@@ -10,6 +10,9 @@ from bnjax.run.report import fmt, save_figure
 
 _BN5 = ("without normalization this net (ws 2e-2, lr 10^-3.5) trains slowly on MNIST-1D (final train ~.39 after 10 "
         "epochs), so noisy batch-5 BN still ends ahead of it")
+_BN5_FASHION = ("on Fashion-MNIST both reach .8+ in 10 epochs and batch-5 BN ends level with or ahead of no "
+                "normalization (~.84 vs ~.81), nowhere near CIFAR-10's .16 deficit")
+LAST = 3  # "final" accuracy: mean of the last 3 epochs (one batch-5 epoch's last updates can move it by .05-.09)
 
 # Per dataset: "bn5_worse" is the least deficit of BN against no normalization at the smallest batch that counts as
 # "worse" (CIFAR-10: .46 vs .62); the other claims are directions.
@@ -17,7 +20,7 @@ EXPECT = {
     "default": {"bn_rises": Expect(0.0), "bn5_worse": Expect(0.05), "ln_flatter": Expect(0.0),
                 "ln5_vs_none": Expect(0.0)},
     "mnist1d": {"bn5_worse": Expect(0.05, differs="CIFAR-10", why=_BN5)},
-    "fashion_mnist": {},
+    "fashion_mnist": {"bn5_worse": Expect(0.05, differs="CIFAR-10", why=_BN5_FASHION)},
 }
 
 
@@ -30,14 +33,19 @@ def _family(results, prefix):
     return dict(sorted(out.items()))
 
 
+def _final(v, metric="train_acc"):
+    """(S,) per seed: the mean of the last ``LAST`` epochs of ``metric``."""
+    return v.curves(metric)[:, -LAST:].mean(1)
+
+
 def _train(fam):
-    return {bs: v.final("train_acc") for bs, v in fam.items()}
+    return {bs: _final(v) for bs, v in fam.items()}
 
 
 def _spread(fam):
     """(S,) per seed: max - min over batch sizes of the final training accuracy."""
     vs = list(fam.values())
-    rows = np.stack([paired(v, v.final("train_acc"), vs[0], np.zeros(vs[0].num_members)) for v in vs])
+    rows = np.stack([paired(v, _final(v), vs[0], np.zeros(vs[0].num_members)) for v in vs])
     return rows.max(0) - rows.min(0)
 
 
@@ -46,13 +54,13 @@ def analyze(results):
     bn, ln = _family(results, "batchnorm"), _family(results, "layernorm")
     smallest = min(bn)
     base = results[f"baseline_bs{smallest}"]
-    bn_tr, ln_tr, b = _train(bn), _train(ln), base.final("train_acc")
+    bn_tr, ln_tr, b = _train(bn), _train(ln), _final(base)
     sizes = list(bn)
     steps = [exceeds(paired(bn[hi], bn_tr[hi], bn[lo], bn_tr[lo]), exp["bn_rises"].threshold,
                      label=f"bs {hi} - bs {lo}") for lo, hi in zip(sizes, sizes[1:])]
     claims = [Claim.decide(
-        "BN's final training accuracy rises with the batch size, seed by seed at each step (CS231n, CIFAR-10: "
-        ".46/.65/.86 at batch 5/10/50)",
+        f"BN's final training accuracy (mean of the last {LAST} epochs) rises with the batch size, seed by seed at "
+        "each step (CS231n, CIFAR-10: .46/.65/.86 at batch 5/10/50)",
         every(steps), exp["bn_rises"], source=exp.source("bn_rises"),
         evidence="BN final train: " + ", ".join(f"bs {bs}: {fmt(a)}" for bs, a in bn_tr.items()),
     )]
@@ -62,8 +70,8 @@ def analyze(results):
         f"behind by more than {t:g} (CS231n, CIFAR-10: .46 vs .62)",
         exceeds(paired(base, b, bn[smallest], bn_tr[smallest]), t, label="none - BN, per seed"), exp["bn5_worse"],
         source=exp.source("bn5_worse"),
-        evidence=f"final train: BN {fmt(bn_tr[smallest])} vs none {fmt(b)}; val: {fmt(bn[smallest].final('val_acc'))} "
-                 f"vs {fmt(base.final('val_acc'))}",
+        evidence=f"final train: BN {fmt(bn_tr[smallest])} vs none {fmt(b)}; val: {fmt(_final(bn[smallest], 'val_acc'))} "
+                 f"vs {fmt(_final(base, 'val_acc'))}",
     ))
     s_bn, s_ln = _spread(bn), _spread(ln)
     claims.append(Claim.decide(

@@ -23,7 +23,7 @@ EXPECT = {
                 "precise": Expect(0.0), "debiased": Expect(0.0), "ln_train": Expect(0.0)},
     "mnist1d": {"every_epoch": Expect(differs="CIFAR-10", why=_EPOCH1), "train_gap": Expect(0.30),
                 "val_gap": Expect(0.10)},
-    "fashion_mnist": {"train_gap": Expect(0.02), "val_gap": Expect(0.0)},
+    "fashion_mnist": {"train_gap": Expect(0.10), "val_gap": Expect(0.04)},
 }
 
 

@@ -385,3 +385,20 @@ def test_tiny_study_runs_end_to_end(study, tmp_path, capsys):
     assert all(math.isfinite(r["train_acc"]) for r in rows if r["train_acc"] is not None)
     for fig in summary["figures"]:
         assert (out / fig).read_bytes()[:4] == b"\x89PNG"
+
+
+# ------------------------------------------------------------------------------------- verdicts survive a rerun
+
+@pytest.mark.slow
+def test_quickstart_verdicts_survive_another_seed_set(tmp_path):
+    """The whole quickstart (MNIST-1D, full size), trained twice with disjoint seed sets: every claim gets the same
+    verdict, and on MNIST-1D that verdict is PASS (about 2 x 40 s on 2 CPU cores)."""
+    got = []
+    for seeds in ("[0,1,2]", "[3,4,5]"):
+        out = tmp_path / f"seeds{seeds.strip('[]').replace(',', '')}"
+        args = ["run", str(REPO / "configs" / "quickstart.toml"), "--out", str(out), "--quiet", "--set",
+                f"sweep.seeds={seeds}"]
+        assert cli.main(args) == 0
+        summary = json.loads((out / "summary.json").read_text())
+        got.append([c["verdict"] for c in summary["claims"]])
+    assert got[0] == got[1] == [P] * 4
