@@ -28,22 +28,25 @@ from bnjax.run.claims import (
 from bnjax.run.results import StudyResults, VariantResult
 
 
-def test_interval_is_mean_and_two_standard_errors():
+T2 = 4.302652729911275  # Student's t, 97.5% quantile, 2 degrees of freedom (3 seeds)
+
+
+def test_interval_is_the_95_percent_confidence_interval_of_the_mean():
     m, half = interval([0.30, 0.35, 0.40, np.nan])  # NaN (a diverged member) is left out
     assert m == pytest.approx(0.35)
-    assert half == pytest.approx(2 * 0.05 / np.sqrt(3))  # sample std 0.05 (ddof=1)
+    assert half == pytest.approx(T2 * 0.05 / np.sqrt(3))  # sample std 0.05 (ddof=1): 0.1242
     assert interval([0.2]) == (0.2, 0.0)
     assert all(np.isnan(interval([np.nan])))
 
 
 @pytest.mark.parametrize("values, threshold, holds", [
-    ([0.30, 0.35, 0.40], 0.25, True),    # every seed above, mean - 2se = 0.292 > 0.25
-    ([0.30, 0.35, 0.40], 0.30, None),    # a seed at the threshold and mean - 2se < 0.30 < mean + 2se = 0.408
-    ([0.30, 0.35, 0.40], 0.41, False),   # no seed above
-    ([0.05, 0.06, 0.30], 0.0, None),     # every seed above, but mean - 2se = -0.027: too spread to call
-    ([-0.10, -0.10, 0.01], 0.0, None),   # one seed above, mean + 2se = +0.010 straddles
-    ([-0.10, -0.11, -0.09, 0.005], 0.0, False),  # one seed above, yet mean + 2se = -0.021 <= 0: contradicted
-    ([0.0, -0.011, -0.102], 0.0, False),  # no seed above (a tie is not a lead)
+    ([0.30, 0.35, 0.40], 0.20, True),    # every seed above, interval 0.226..0.474 above
+    ([0.30, 0.35, 0.40], 0.25, None),    # every seed above, but the interval reaches down to 0.226
+    ([0.30, 0.35, 0.40], 0.48, False),   # the interval lies below
+    ([0.05, 0.06, 0.30], 0.0, None),     # every seed above, interval -0.215..0.488: too spread to call
+    ([-0.10, -0.10, 0.01], 0.0, None),   # interval -0.221..0.094 straddles
+    ([-0.089, -0.099, -0.102], 0.0, False),  # interval -0.114..-0.080
+    ([0.0, -0.011, -0.102], 0.0, None),  # no seed leads, yet the interval reaches +0.101: a tie is no evidence
     ([0.2], 0.1, True),                  # one seed: its value decides
 ])
 def test_exceeds_against_hand_computed_intervals(values, threshold, holds):
@@ -53,13 +56,14 @@ def test_exceeds_against_hand_computed_intervals(values, threshold, holds):
 
 
 def test_mean_above_and_within_judge_the_mean_not_the_extreme_member():
-    # The unbiased-variance hair trigger: one member changes by 0.011 (> 0.01), the mean change is +0.002.
+    # The unbiased-variance hair trigger: one member changes by 0.011 (> 0.01), the mean change is +0.002
+    # (interval -0.002..+0.006).
     d = [0.011, -0.007, 0.003, 0.001, 0.004, -0.002, 0.0, 0.006, 0.002]
     assert within(d, 0.01).holds is True
     assert within(np.asarray(d) + 0.05, 0.01).holds is False  # wholly outside
     assert within([0.0, 0.02], 0.01).holds is None  # mean 0.01 ± 0.02: straddles
     assert within([1.02, 0.98, 1.01], 0.1, center=1.0).holds is True
-    gains = [-0.0023, -0.0034, 0.0085]  # recomputed vs EMA 0.9: agree within noise
+    gains = [-0.0023, -0.0034, 0.0085]  # recomputed vs EMA 0.9 agree within noise: interval -0.015..+0.017
     assert mean_above(gains, -0.02).holds is True
     assert exceeds(gains, -0.0).holds is None  # "every seed must beat it" would be a coin flip here
     assert mean_above([-0.05, -0.04, -0.06], -0.02).holds is False
@@ -91,6 +95,13 @@ def test_verdict_words_and_differs_wording():
     assert c.verdict == PASS and "expected to differ from CIFAR-10" in c.note
     c = Claim.decide("x", Finding(None, "n"), exp, evidence="more")
     assert (c.verdict, c.evidence) == (INCONCLUSIVE, "n; more") and "inside the spread" in c.note
+    # A known outcome that is not the reverse of the claim (a tie, no effect) is shown by its own finding.
+    tie = every_seed([True, True, True], label="epoch 1", what="within 0.02")
+    c = Claim.decide("x", exceeds([0.0, -0.011, -0.102]), exp, differs_if=tie)
+    assert c.verdict == DIFFERS and c.evidence.endswith("known outcome here: epoch 1: 3/3 seeds within 0.02")
+    assert Claim.decide("x", exceeds([0.0, -0.011, -0.102]), Expect(), differs_if=tie).verdict == INCONCLUSIVE
+    assert Claim.decide("x", exceeds([0.0, -0.011, 0.3]), exp,
+                        differs_if=every_seed([True, True, False])).verdict == INCONCLUSIVE
     assert Claim("x", True, "n").verdict == PASS and Claim("x", np.bool_(False), "n").verdict == FAIL
     with pytest.raises(ValueError, match="not one of PASS, FAIL, DIFFERS, INCONCLUSIVE"):
         Claim("x", "OK", "n")
@@ -113,7 +124,7 @@ def test_per_dataset_thresholds():
     assert m["lead"].differs == "CIFAR-10" and f["lead"].differs is None  # Fashion-MNIST falls back to the default
     assert (m.source("gap"), f.source("lead"), c.source("gap")) == ("MNIST-1D table", "default", "default")
     # One set of per-seed gaps, three datasets: the MNIST-1D magnitude is not applied to Fashion-MNIST.
-    gaps = [0.08, 0.10, 0.09]
+    gaps = [0.08, 0.10, 0.09]  # interval 0.065..0.115
     verdicts = [Claim.decide("BN ahead", exceeds(gaps, e["gap"].threshold), e["gap"]).verdict for e in (m, f, c)]
     assert verdicts == [FAIL, PASS, PASS]
     with pytest.raises(KeyError, match="no expectation 'zz' for dataset 'mnist1d'"):

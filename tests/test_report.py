@@ -113,7 +113,7 @@ def test_read_metrics_keeps_the_last_copy_and_skips_a_torn_line(tmp_path):
 
 
 ANALYSIS = '''
-from bnjax.run.claims import Claim, Expect, exceeds, paired
+from bnjax.run.claims import Claim, Expect, every_seed, exceeds, paired
 from bnjax.run.report import Figure
 
 def analyze(results):
@@ -122,7 +122,8 @@ def analyze(results):
     differs = Expect(differs="CIFAR-10", why="b is known to lead on this dataset")
     return [Claim("a beats b", lead.mean() > 0, f"lead {lead.mean():+.3f}"),
             Claim("b beats a", lead.mean() < 0, f"lead {-lead.mean():+.3f}"),
-            Claim.decide("b beats a by 0.5 (source)", exceeds(-lead, 0.5), differs),
+            Claim.decide("b beats a by 0.5 (source)", exceeds(-lead, 0.5), differs,
+                         differs_if=every_seed(lead > 0, what="with a ahead")),
             Claim.decide("a beats b by 0.5", exceeds(lead, 0.5))]
 
 def notes(results):
@@ -146,9 +147,9 @@ def test_write_report_lays_out_computed_verdicts_tables_and_plots(tmp_path):
     assert "**1 of 4 claims pass on MNIST-1D** (1 PASS, 1 FAIL, 1 DIFFERS, 1 INCONCLUSIVE)." in md
     assert "| 1 | a beats b | **PASS** | lead +0.500 |" in md
     assert "| 2 | b beats a | **FAIL** | lead -0.500 |" in md
-    # per-seed leads 0.4 and 0.6 (seeds 0, 1): -lead is below 0.5 for both seeds; lead straddles 0.5
-    assert ("| 3 | b beats a by 0.5 (source) | **DIFFERS** (from CIFAR-10, as measured) | -0.500 ± 0.200 "
-            "(seeds -0.400/-0.600) > 0.5 |") in md
+    # per-seed leads 0.4 and 0.6 (seeds 0, 1): 95% interval 0.5 ± 12.71 * 0.1 (t with 1 degree of freedom)
+    assert ("| 3 | b beats a by 0.5 (source) | **DIFFERS** (from CIFAR-10, as measured) | -0.500 ± 1.271 "
+            "(seeds -0.400/-0.600) > 0.5; known outcome here: 2/2 seeds with a ahead |") in md
     assert "- claim 3, DIFFERS (from CIFAR-10, as measured): b is known to lead on this dataset" in md
     assert "- claim 4, INCONCLUSIVE: the threshold lies inside the spread over seeds" in md
     for word in ("PASS", "FAIL", "DIFFERS", "INCONCLUSIVE"):

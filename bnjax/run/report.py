@@ -377,7 +377,7 @@ def _verdict_md(claims: Sequence[Claim], dataset: str | None) -> list[str]:
     if notes:
         md += [""] + notes
     md += ["", "Verdicts (decided on one number per seed, seed-paired where variants share seeds; numbers read "
-           "\"mean ± two standard errors (per seed) relation threshold\"):", ""]
+           "\"mean ± half-width of its 95% confidence interval (per seed) relation threshold\"):", ""]
     md += [f"- **{w}**: {LEGEND[w]}." for w in VERDICTS]
     return md
 
