@@ -148,8 +148,8 @@ def test_write_report_lays_out_computed_verdicts_tables_and_plots(tmp_path):
     assert "| 1 | a beats b | **PASS** | lead +0.500 |" in md
     assert "| 2 | b beats a | **FAIL** | lead -0.500 |" in md
     # per-seed leads 0.4 and 0.6 (seeds 0, 1): 95% interval 0.5 ± 12.71 * 0.1 (t with 1 degree of freedom)
-    assert ("| 3 | b beats a by 0.5 (source) | **DIFFERS** (from CIFAR-10, as measured) | -0.500 ± 1.271 "
-            "(seeds -0.400/-0.600) > 0.5; known outcome here: 2/2 seeds with a ahead |") in md
+    assert ("| 3 | b beats a by 0.5 (source) | **DIFFERS** (from CIFAR-10, as measured) | -0.500 (95% interval "
+            "-1.771..+0.771; seeds -0.400/-0.600) > 0.5; known outcome here: 2/2 seeds with a ahead |") in md
     assert "- claim 3, DIFFERS (from CIFAR-10, as measured): b is known to lead on this dataset" in md
     assert "- claim 4, INCONCLUSIVE: the threshold lies inside the spread over seeds" in md
     for word in ("PASS", "FAIL", "DIFFERS", "INCONCLUSIVE"):

@@ -376,8 +376,9 @@ def _verdict_md(claims: Sequence[Claim], dataset: str | None) -> list[str]:
     notes = [f"- claim {i + 1}, {c.label}: {c.note}" for i, c in enumerate(claims) if c.note]
     if notes:
         md += [""] + notes
-    md += ["", "Verdicts (decided on one number per seed, seed-paired where variants share seeds; numbers read "
-           "\"mean ± half-width of its 95% confidence interval (per seed) relation threshold\"):", ""]
+    md += ["", "Verdicts (decided on one number per seed, seed-paired where variants share seeds; the numbers read "
+           "\"mean (95% confidence interval of the mean; per-seed values) relation threshold\", and a ± b elsewhere "
+           "is mean ± std over seeds):", ""]
     md += [f"- **{w}**: {LEGEND[w]}." for w in VERDICTS]
     return md
 
