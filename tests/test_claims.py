@@ -122,7 +122,8 @@ def test_per_dataset_thresholds():
     m, f, c = (expectations(TABLE, d) for d in ("mnist1d", "fashion_mnist", "cifar10"))
     assert (m["gap"].threshold, f["gap"].threshold, c["gap"].threshold) == (0.30, 0.02, 0.0)
     assert m["lead"].differs == "CIFAR-10" and f["lead"].differs is None  # Fashion-MNIST falls back to the default
-    assert (m.source("gap"), f.source("lead"), c.source("gap")) == ("MNIST-1D table", "default", "default")
+    assert (m.source("gap"), f.source("lead"), c.source("gap")) == ("MNIST-1D table", "default table",
+                                                                         "default table")
     # One set of per-seed gaps, three datasets: the MNIST-1D magnitude is not applied to Fashion-MNIST.
     gaps = [0.08, 0.10, 0.09]  # interval 0.065..0.115
     verdicts = [Claim.decide("BN ahead", exceeds(gaps, e["gap"].threshold), e["gap"]).verdict for e in (m, f, c)]

@@ -155,8 +155,8 @@ class Expectations:
         return DATASET_TITLES.get(self.dataset, self.dataset)
 
     def source(self, key: str) -> str:
-        """Where ``self[key]`` comes from, for evidence strings: ``"MNIST-1D table"`` or ``"default"``."""
-        return f"{self.title} table" if key in self.own else "default"
+        """Where ``self[key]`` comes from, for evidence strings: ``"MNIST-1D table"`` or ``"default table"``."""
+        return f"{self.title} table" if key in self.own else "default table"
 
 
 def dataset_of(results: Any) -> str:
