@@ -1,79 +1,97 @@
-"""Claims of the BN-vs-baseline study (CS231n "BN for deep networks", anchors-results §1.3 and §10).
+"""Claims of the BN-vs-baseline study (CS231n BatchNormalization.ipynb, "Batch normalization for deep networks").
 
-Variants: ``baseline`` (no normalization), ``batchnorm``, ``layernorm``; seeds are the ensemble members.
+Variants: ``baseline`` (no normalization), ``batchnorm``, ``layernorm``, ``batchnorm_debiased``; seeds are the
+ensemble members, and member k of every variant has the same seed, hence the same initialisation key and batch
+order: every "leads" claim is decided seed by seed. Sources and per-dataset numbers: experiments/REFERENCES.md.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from bnjax.run.report import Claim, fmt
+from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, paired
+from bnjax.run.report import fmt
 
-# MNIST-1D magnitudes measured with a scratch numpy re-implementation (anchors-results §10, target 5b).
-MIN_TRAIN_GAP = 0.30
-MIN_VAL_GAP = 0.10
+_EPOCH1 = ("bnjax's running variance starts at 1 (CS231n's at 0); after the first epoch's 20 steps of EMA 0.9 it "
+           "still overestimates the small activations' variance, so eval-mode accuracy trails at epoch 1 only "
+           "(the recomputed-statistics and debiased-EMA claims below lead at every epoch)")
+
+# Per dataset: least final gaps (band over seeds must clear them) and the known non-transfer of the CIFAR-10
+# "every epoch" lead (REFERENCES.md, bn_vs_baseline).
+EXPECT = {
+    "default": {"every_epoch": Expect(0.0), "train_gap": Expect(0.0), "val_gap": Expect(0.0),
+                "precise": Expect(0.0), "debiased": Expect(0.0), "ln_train": Expect(0.0)},
+    "mnist1d": {"every_epoch": Expect(differs="CIFAR-10", why=_EPOCH1), "train_gap": Expect(0.30),
+                "val_gap": Expect(0.10)},
+    "fashion_mnist": {"train_gap": Expect(0.02), "val_gap": Expect(0.0)},
+}
+
+
+def _lead_per_epoch(a, b, metric_a, metric_b="train_acc", threshold=0.0):
+    """Seed-paired lead of ``a`` over ``b`` at each epoch >= 1: (findings, (S, E) leads)."""
+    d = paired(a, a.curves(metric_a), b, b.curves(metric_b))[:, 1:]
+    return [exceeds(d[:, e], threshold) for e in range(d.shape[1])], d
+
+
+def _epochs_text(d):
+    low = d.min(0)
+    worst = int(np.argmin(low))
+    return (f"mean lead per epoch 1..{d.shape[1]}: {', '.join(f'{x:+.3f}' for x in d.mean(0))}; smallest seed's "
+            f"lead {low[worst]:+.3f} at epoch {worst + 1}; {int((d > 0).sum())}/{d.size} (seed, epoch) pairs lead")
 
 
 def analyze(results):
+    exp = expectations(EXPECT, results)
     base, bn, ln = results["baseline"], results["batchnorm"], results["layernorm"]
-    b_tr, n_tr = base.curves("train_acc"), bn.curves("train_acc")  # (S, E+1)
-    epochs = b_tr.shape[1] - 1
-    lead = n_tr.mean(0) - b_tr.mean(0)
-    later = lead[1:]
-    worst = int(np.argmin(later)) + 1
-    e3 = min(3, epochs)
-    claims = [
-        Claim(
-            "BN's training accuracy (eval mode, mean over seeds) leads the baseline at every epoch >= 1",
-            bool(np.all(later > 0)),
-            f"lead per epoch 1..{epochs}: {', '.join(f'{x:+.3f}' for x in later)}; smallest {later.min():+.3f} "
-            f"at epoch {worst}; epoch {e3}: BN {fmt(n_tr[:, e3])} vs base {fmt(b_tr[:, e3])} "
-            f"(CIFAR-10 reference: +0.11 at epoch 3)",
-        )
-    ]
-    # Seed-paired: member k of both variants has the same seed, hence the same data order.
-    paired = n_tr[:, 1:] - b_tr[:, 1:]
-    claims.append(Claim(
-        "The lead holds for every seed separately (same seed = same batch order), not only on average",
-        bool(np.all(paired > 0)),
-        f"smallest seed-paired lead over epochs >= 1: {paired.min():+.3f}; "
-        f"{int((paired > 0).sum())}/{paired.size} (seed, epoch) pairs lead",
+    b_tr, n_tr = base.curves("train_acc"), bn.curves("train_acc")
+    e3 = min(3, b_tr.shape[1] - 1)
+    claims = []
+
+    f, d = _lead_per_epoch(bn, base, "train_acc")
+    claims.append(Claim.decide(
+        "BN's training accuracy (eval mode, as CS231n's Solver) leads no normalization at every epoch >= 1, seed by "
+        "seed (CS231n BatchNormalization.ipynb, CIFAR-10: +.03 at epoch 1, +.11 at epoch 3)",
+        every(f, summary=_epochs_text(d)), exp["every_epoch"],
+        evidence=f"epoch {e3}: BN {fmt(n_tr[:, e3])} vs none {fmt(b_tr[:, e3])}",
     ))
-    ft, fv = bn.final("train_acc") - base.final("train_acc"), bn.final("val_acc") - base.final("val_acc")
-    claims.append(Claim(
-        f"On MNIST-1D, BN ends >= {MIN_TRAIN_GAP:.2f} ahead in training and >= {MIN_VAL_GAP:.2f} ahead in "
-        f"validation accuracy (anchors §10: BN .81/.44 vs base .33/.27)",
-        bool(ft.mean() >= MIN_TRAIN_GAP and fv.mean() >= MIN_VAL_GAP),
-        f"final train: BN {fmt(bn.final('train_acc'))} vs base {fmt(base.final('train_acc'))} "
-        f"(gap {fmt(ft)}); final val: BN {fmt(bn.final('val_acc'))} vs base {fmt(base.final('val_acc'))} "
-        f"(gap {fmt(fv)})",
-    ))
+    for key, metric, label, source in (
+        ("train_gap", "train_acc", "training", "CS231n, CIFAR-10: .78 vs .72 at epoch 10"),
+        ("val_gap", "val_acc", "validation", "Ioffe & Szegedy 2015 Fig. 1a, MNIST: higher test accuracy; CS231n, "
+                                             "CIFAR-10 with 1000 images: about equal, .32-.35"),
+    ):
+        gap = paired(bn, bn.final(metric), base, base.final(metric))
+        claims.append(Claim.decide(
+            f"BN ends ahead of no normalization in final {label} accuracy ({source})",
+            exceeds(gap, exp[key].threshold, label="BN - none, per seed"), exp[key], source=exp.source(key),
+            evidence=f"final {label}: BN {fmt(bn.final(metric))} vs none {fmt(base.final(metric))}",
+        ))
     if "train_acc_precise" in bn.history:
-        p_tr = bn.curves("train_acc_precise")
-        p_lead = p_tr.mean(0)[1:] - b_tr.mean(0)[1:]
-        claims.append(Claim(
-            "Evaluated with BN statistics recomputed after each epoch (precise BN), BN leads the baseline at every "
-            "epoch >= 1 (so any early deficit above comes from the running averages, not from training)",
-            bool(np.all(p_lead > 0)),
-            f"lead per epoch 1..{epochs} with recomputed statistics: {', '.join(f'{x:+.3f}' for x in p_lead)}; "
-            f"epoch 1 BN train acc: running averages {fmt(n_tr[:, 1])}, recomputed {fmt(p_tr[:, 1])}",
+        f, d = _lead_per_epoch(bn, base, "train_acc_precise")
+        claims.append(Claim.decide(
+            "Evaluated with BN statistics recomputed after each epoch (precise BN), BN leads no normalization at "
+            "every epoch >= 1, seed by seed (so an early deficit with running averages comes from the averages, "
+            "not from training)",
+            every(f, summary=_epochs_text(d)), exp["precise"],
+            evidence=f"epoch 1 BN train acc: running averages {fmt(n_tr[:, 1])}, recomputed "
+                     f"{fmt(bn.curves('train_acc_precise')[:, 1])}",
         ))
     if "batchnorm_debiased" in results:
-        d_tr = results["batchnorm_debiased"].curves("train_acc")
-        d_lead = d_tr.mean(0)[1:] - b_tr.mean(0)[1:]
-        claims.append(Claim(
+        deb = results["batchnorm_debiased"]
+        f, d = _lead_per_epoch(deb, base, "train_acc")
+        claims.append(Claim.decide(
             "With the zero-debiased EMA (average=\"debiased\": no lag towards the initial var = 1), BN's running "
-            "statistics give the lead at every epoch >= 1 without recomputation",
-            bool(np.all(d_lead > 0)),
-            f"lead per epoch 1..{epochs}: {', '.join(f'{x:+.3f}' for x in d_lead)}; epoch 1 BN train acc: "
-            f"plain EMA {fmt(n_tr[:, 1])}, debiased EMA {fmt(d_tr[:, 1])}",
+            "statistics give the lead at every epoch >= 1, seed by seed, without recomputation",
+            every(f, summary=_epochs_text(d)), exp["debiased"],
+            evidence=f"epoch 1 BN train acc: plain EMA {fmt(n_tr[:, 1])}, debiased EMA {fmt(deb.curves('train_acc')[:, 1])}",
         ))
-    l_tr = ln.final("train_acc")
-    claims.append(Claim(
-        "LayerNorm also beats the baseline's final training accuracy (anchors §10: LN .58 vs base .33)",
-        bool(l_tr.mean() > base.final("train_acc").mean()),
-        f"final train: LN {fmt(l_tr)} vs base {fmt(base.final('train_acc'))} vs BN {fmt(bn.final('train_acc'))}; "
-        f"final val: LN {fmt(ln.final('val_acc'))}",
+    gap = paired(ln, ln.final("train_acc"), base, base.final("train_acc"))
+    claims.append(Claim.decide(
+        "Layer norm also ends ahead of no normalization in final training accuracy (Ba et al. 2016 §6.7: faster "
+        "than no normalization)",
+        exceeds(gap, exp["ln_train"].threshold, label="LN - none, per seed"), exp["ln_train"],
+        source=exp.source("ln_train"),
+        evidence=f"final train: LN {fmt(ln.final('train_acc'))} vs none {fmt(base.final('train_acc'))} vs BN "
+                 f"{fmt(bn.final('train_acc'))}; final val: LN {fmt(ln.final('val_acc'))}",
     ))
     return claims
 
@@ -87,5 +105,5 @@ def notes(results):
                        f"(ln 10 = 2.3026; CS231n prints 2.3023 without and 2.3410 with BN)")
     bn, base = results["batchnorm"], results["baseline"]
     out.append(f"Best validation accuracy: BN {fmt(bn.best('val_acc'))}, baseline {fmt(base.best('val_acc'))}, "
-               f"LN {fmt(results['layernorm'].best('val_acc'))} (CIFAR-10: equal, .33-.35).")
+               f"LN {fmt(results['layernorm'].best('val_acc'))} (CS231n, CIFAR-10: .33-.35 for both BN and none).")
     return out

@@ -113,13 +113,17 @@ def test_read_metrics_keeps_the_last_copy_and_skips_a_torn_line(tmp_path):
 
 
 ANALYSIS = '''
-from bnjax.run.report import Claim, Figure
+from bnjax.run.claims import Claim, Expect, exceeds, paired
+from bnjax.run.report import Figure
 
 def analyze(results):
-    a = results["a"]
-    lead = a.final("train_acc", dropout=0.0).mean() - results["b"].final("train_acc").mean()
-    return [Claim("a beats b", lead > 0, f"lead {lead:+.3f}"),
-            Claim("b beats a", lead < 0, f"lead {-lead:+.3f}")]
+    a, b = results["a"], results["b"]
+    lead = paired(a, a.final("train_acc", dropout=0.0), b, b.final("train_acc"), where_a={"dropout": 0.0})
+    differs = Expect(differs="CIFAR-10", why="b is known to lead on this dataset")
+    return [Claim("a beats b", lead.mean() > 0, f"lead {lead.mean():+.3f}"),
+            Claim("b beats a", lead.mean() < 0, f"lead {-lead.mean():+.3f}"),
+            Claim.decide("b beats a by 0.5 (source)", exceeds(-lead, 0.5), differs),
+            Claim.decide("a beats b by 0.5", exceeds(lead, 0.5))]
 
 def notes(results):
     return ["a note"]
@@ -135,12 +139,20 @@ def test_write_report_lays_out_computed_verdicts_tables_and_plots(tmp_path):
     mod_path.write_text(ANALYSIS)
     results = toy_results(tmp_path)
     summary = write_report(results, load_analysis(mod_path))
-    assert (summary["passed"], summary["total"]) == (1, 2)
-    assert [c["passed"] for c in summary["claims"]] == [True, False]
+    assert (summary["passed"], summary["total"], summary["dataset"]) == (1, 4, "mnist1d")
+    assert summary["verdicts"] == {"PASS": 1, "FAIL": 1, "DIFFERS": 1, "INCONCLUSIVE": 1}
+    assert [c["verdict"] for c in summary["claims"]] == ["PASS", "FAIL", "DIFFERS", "INCONCLUSIVE"]
     md = (tmp_path / "report.md").read_text()
-    assert "**1 of 2 claims pass.**" in md
+    assert "**1 of 4 claims pass on MNIST-1D** (1 PASS, 1 FAIL, 1 DIFFERS, 1 INCONCLUSIVE)." in md
     assert "| 1 | a beats b | **PASS** | lead +0.500 |" in md
     assert "| 2 | b beats a | **FAIL** | lead -0.500 |" in md
+    # per-seed leads 0.4 and 0.6 (seeds 0, 1): -lead is below 0.5 for both seeds; lead straddles 0.5
+    assert ("| 3 | b beats a by 0.5 (source) | **DIFFERS** (from CIFAR-10, as measured) | -0.500 ± 0.200 "
+            "(seeds -0.400/-0.600) > 0.5 |") in md
+    assert "- claim 3, DIFFERS (from CIFAR-10, as measured): b is known to lead on this dataset" in md
+    assert "- claim 4, INCONCLUSIVE: the threshold lies inside the spread over seeds" in md
+    for word in ("PASS", "FAIL", "DIFFERS", "INCONCLUSIVE"):
+        assert f"- **{word}**: " in md  # the legend
     assert "| a | 0 | 0.800 ± 0.100 |" in md  # final numbers table: mean ± std over the two seeds
     assert "| a | 0.5 | 0.500 ± 0.000 |" in md and "1/2 |" in md  # the diverged member is counted
     assert "- a note" in md and "![an extra plot](extra.png)" in md
@@ -159,7 +171,15 @@ def test_write_report_without_an_analysis_module(tmp_path):
 
 def test_claim_verdict_is_a_plain_bool():
     c = Claim("x", np.bool_(True), "n")
-    assert c.passed is True
+    assert c.passed is True and c.verdict == "PASS"
+
+
+def test_write_report_refuses_objects_that_are_not_claims(tmp_path):
+    mod_path = tmp_path / "bad_analysis.py"
+    mod_path.write_text("from types import SimpleNamespace\n"
+                        "def analyze(results):\n    return [SimpleNamespace(text='t', passed=True, evidence='e')]\n")
+    with pytest.raises(TypeError, match=r"analyze\(\) must return bnjax.run.claims.Claim objects, got SimpleNamespace"):
+        write_report(toy_results(tmp_path), load_analysis(mod_path))
 
 
 def test_load_analysis_errors(tmp_path):

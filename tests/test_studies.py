@@ -1,5 +1,6 @@
 """The shipped studies: each analysis module's verdicts follow the numbers (fabricated results where a claim
-must pass and where it must fail), and a tiny version of every study runs end to end (slow)."""
+must pass, fail or differ, on MNIST-1D and on other datasets), a tiny version of every study runs end to end
+(slow), and the quickstart's verdicts survive a rerun with other seeds (slow)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from bnjax.run import cli
+from bnjax.run.claims import VERDICTS
 from bnjax.run.config import load_config
 from bnjax.run.report import load_analysis, write_report
 from bnjax.run.results import StudyResults, VariantResult
@@ -20,11 +22,12 @@ STUDIES = ("quickstart", "bn_vs_baseline", "weight_scale", "batch_size", "dropou
            "dropout_bn_shift")
 
 
-def fabricate(study, curve, *, loss=None, extras=None, epochs=None, tmp_path=Path(".")):
+def fabricate(study, curve, *, loss=None, extras=None, epochs=None, tmp_path=Path("."), dataset=None):
     """StudyResults for a shipped config whose numbers come from ``curve(variant, member, metric, t)``.
 
     ``t`` is ``np.arange(E + 1) / E``; members are the config's own sweep; ``loss(variant, member)`` gives the
-    per-step training loss (20 steps); ``extras(variant, members)`` the post-training numbers.
+    per-step training loss (20 steps); ``extras(variant, members)`` the post-training numbers; ``dataset``
+    replaces the config's ``data.name`` (the claims then use that dataset's expectations).
     """
     cfg = load_config(REPO / "configs" / f"{study}.toml")
     variants = {}
@@ -39,9 +42,12 @@ def fabricate(study, curve, *, loss=None, extras=None, epochs=None, tmp_path=Pat
                 for m in metrics}
         steps = np.array([loss(v, mem) if loss else np.linspace(2.3, 1.0, 20) for mem in members], float)
         diverged = np.array([int(np.argmax(~np.isfinite(r))) if not np.isfinite(r).all() else -1 for r in steps])
+        spec = v.to_dict()
+        if dataset is not None:
+            spec["data"]["name"] = dataset
         variants[v.name] = VariantResult(
             name=v.name, members=members, axes=v.sweep.axes, history=hist, loss_history=steps,
-            diverged_step=diverged, spec=v.to_dict(), extras=extras(v, members) if extras else {},
+            diverged_step=diverged, spec=spec, extras=extras(v, members) if extras else {},
         )
     return StudyResults(run_dir=tmp_path, config=cfg, variants=variants)
 
@@ -50,7 +56,10 @@ def verdicts(study, results):
     module = load_analysis(load_config(REPO / "configs" / f"{study}.toml").analysis_path)
     claims = module.analyze(results)
     assert all(c.evidence for c in claims)
-    return [c.passed for c in claims]
+    return [c.verdict for c in claims]
+
+
+P, F, D, I = VERDICTS  # PASS, FAIL, DIFFERS, INCONCLUSIVE
 
 
 def ramp(lo, hi):
@@ -75,12 +84,14 @@ def _bvb(bn_epoch1, debiased_epoch1=0.30):
 
 
 def test_bn_vs_baseline_verdicts_follow_the_numbers():
-    assert verdicts("bn_vs_baseline", fabricate("bn_vs_baseline", _bvb(bn_epoch1=0.30))) == [True] * 6
-    # BN below the baseline at epoch 1 (as bnjax measures: running variance starts at 1): claims 1-2 fail, the
-    # recomputed-statistics claim still passes, and so does the debiased EMA's when it does not dip.
-    assert verdicts("bn_vs_baseline", fabricate("bn_vs_baseline", _bvb(bn_epoch1=0.10))) == [False, False, True,
-                                                                                             True, True, True]
-    assert verdicts("bn_vs_baseline", fabricate("bn_vs_baseline", _bvb(0.10, debiased_epoch1=0.10)))[4] is False
+    assert verdicts("bn_vs_baseline", fabricate("bn_vs_baseline", _bvb(bn_epoch1=0.30))) == [P] * 6
+    # BN below the baseline at epoch 1 (as bnjax measures on MNIST-1D: running variance starts at 1): the CIFAR-10
+    # "every epoch" lead DIFFERS there, as expected; the recomputed-statistics and debiased-EMA claims still pass.
+    dip = _bvb(bn_epoch1=0.10)
+    assert verdicts("bn_vs_baseline", fabricate("bn_vs_baseline", dip)) == [D, P, P, P, P, P]
+    # The same numbers on Fashion-MNIST, where the lead is expected at every epoch: a FAIL.
+    assert verdicts("bn_vs_baseline", fabricate("bn_vs_baseline", dip, dataset="fashion_mnist"))[0] == F
+    assert verdicts("bn_vs_baseline", fabricate("bn_vs_baseline", _bvb(0.10, debiased_epoch1=0.10)))[4] == F
 
 
 # ------------------------------------------------------------------------------------------- weight_scale
@@ -104,14 +115,14 @@ def _ws(base_small_val):
 
 def test_weight_scale_verdicts_follow_the_numbers():
     curve, loss = _ws(base_small_val=0.11)
-    assert verdicts("weight_scale", fabricate("weight_scale", curve, loss=loss)) == [True] * 4
+    assert verdicts("weight_scale", fabricate("weight_scale", curve, loss=loss)) == [P] * 4
     curve, loss = _ws(base_small_val=0.30)  # a baseline that learns at small scales
-    assert verdicts("weight_scale", fabricate("weight_scale", curve, loss=loss)) == [False, True, True, False]
+    assert verdicts("weight_scale", fabricate("weight_scale", curve, loss=loss)) == [F, P, P, F]
     # A non-finite loss counts as blowing up too (and is reported as a diverged member).
     nan_loss = lambda v, mem: np.r_[np.full(5, 2.3), np.full(15, np.nan)] if (
         v.name == "baseline" and mem["weight_scale"] == 1.0) else np.linspace(2.3, 1.5, 20)
     res = fabricate("weight_scale", _ws(0.11)[0], loss=nan_loss)
-    assert verdicts("weight_scale", res)[1] is True
+    assert verdicts("weight_scale", res)[1] == P
     assert res["baseline"].diverged(weight_scale=1.0).all()
 
 
@@ -124,25 +135,31 @@ def _bs(none_bs5):
 
 
 def test_batch_size_verdicts_follow_the_numbers():
-    assert verdicts("batch_size", fabricate("batch_size", _bs(none_bs5=0.62))) == [True] * 4  # CIFAR-10 numbers
-    assert verdicts("batch_size", fabricate("batch_size", _bs(none_bs5=0.37))) == [True, False, True, True]
+    assert verdicts("batch_size", fabricate("batch_size", _bs(none_bs5=0.62))) == [P] * 4  # CIFAR-10 numbers
+    # BN at batch 5 ahead of no normalization: known on MNIST-1D (DIFFERS), a FAIL where CIFAR-10's order is expected.
+    assert verdicts("batch_size", fabricate("batch_size", _bs(none_bs5=0.37))) == [P, D, P, P]
+    assert verdicts("batch_size", fabricate("batch_size", _bs(none_bs5=0.37), dataset="cifar10"))[1] == F
 
 
 # ------------------------------------------------------------------------------------------------ dropout
 
-def _do(val_gain):
+def _do(val_gain, notebook_gain=0.0):
     def curve(v, mem, metric, t):
         keep = 1 - mem["dropout"]
         if metric == "train_acc":
             return ramp(0.1, 0.5 + 0.5 * keep)(t)
-        return ramp(0.1, 0.33 + (val_gain if v.name == "overfit_2x500" and keep < 1 else 0.0))(t)
+        gain = {"overfit_2x500": val_gain, "cs231n_1x500": notebook_gain}.get(v.name, 0.0)
+        return ramp(0.1, 0.33 + (gain if keep < 1 else 0.0))(t)
 
     return curve
 
 
 def test_dropout_verdicts_follow_the_numbers():
-    assert verdicts("dropout", fabricate("dropout", _do(val_gain=0.05))) == [True] * 4
-    assert verdicts("dropout", fabricate("dropout", _do(val_gain=0.0))) == [True, True, True, False]
+    # No val gain in the notebook's setup: expected on MNIST-1D (it underfits there), a FAIL on CIFAR-10.
+    assert verdicts("dropout", fabricate("dropout", _do(val_gain=0.05))) == [P, D, P]
+    assert verdicts("dropout", fabricate("dropout", _do(val_gain=0.05), dataset="cifar10")) == [P, F, P]
+    assert verdicts("dropout", fabricate("dropout", _do(val_gain=0.0))) == [P, D, F]
+    assert verdicts("dropout", fabricate("dropout", _do(val_gain=0.05, notebook_gain=0.02))) == [P] * 3
 
 
 # ----------------------------------------------------------------------------------------- population_stats
@@ -171,11 +188,10 @@ def _ps(cumulative_drop):
 
 
 def test_population_stats_verdicts_follow_the_numbers():
-    curve, extras = _ps(cumulative_drop=0.0)
-    assert verdicts("population_stats", fabricate("population_stats", curve, extras=extras)) == [True] * 5
     curve, extras = _ps(cumulative_drop=0.2)  # stale statistics from early weights
-    assert verdicts("population_stats", fabricate("population_stats", curve, extras=extras)) == [True, True, True,
-                                                                                                 False, True]
+    assert verdicts("population_stats", fabricate("population_stats", curve, extras=extras)) == [P] * 5
+    curve, extras = _ps(cumulative_drop=0.0)  # a cumulative average as good as recomputed statistics
+    assert verdicts("population_stats", fabricate("population_stats", curve, extras=extras)) == [P, P, P, F, P]
 
 
 # ----------------------------------------------------------------------------------------- dropout_bn_shift
@@ -198,15 +214,15 @@ def _dbs(shift):
 
 def test_dropout_bn_shift_verdicts_follow_the_numbers():
     curve, extras = _dbs(shift=True)
-    assert verdicts("dropout_bn_shift", fabricate("dropout_bn_shift", curve, extras=extras)) == [True] * 5
+    assert verdicts("dropout_bn_shift", fabricate("dropout_bn_shift", curve, extras=extras)) == [P] * 5
     curve, extras = _dbs(shift=False)
-    assert verdicts("dropout_bn_shift", fabricate("dropout_bn_shift", curve, extras=extras))[0] is False
+    assert verdicts("dropout_bn_shift", fabricate("dropout_bn_shift", curve, extras=extras))[0] == F
 
 
 # ------------------------------------------------------------------------------------------------ quickstart
 
-def _qs(dropout_train_drop):
-    finals = {"none": (0.35, 0.27), "batchnorm": (0.81, 0.45), "layernorm": (0.55, 0.35)}
+def _qs(dropout_train_drop, bn_val=0.45):
+    finals = {"none": (0.35, 0.27), "batchnorm": (0.81, bn_val), "layernorm": (0.55, 0.35)}
 
     def curve(v, mem, metric, t):
         tr, va = finals[v.name]
@@ -218,16 +234,20 @@ def _qs(dropout_train_drop):
 
 
 def test_quickstart_verdicts_follow_the_numbers():
-    assert verdicts("quickstart", fabricate("quickstart", _qs(dropout_train_drop=0.4))) == [True] * 4
+    assert verdicts("quickstart", fabricate("quickstart", _qs(dropout_train_drop=0.4))) == [P] * 4
     # Dropout that costs training accuracy less than validation accuracy widens the gap: the claim fails.
-    assert verdicts("quickstart", fabricate("quickstart", _qs(dropout_train_drop=0.0))) == [True, True, True, False]
+    assert verdicts("quickstart", fabricate("quickstart", _qs(dropout_train_drop=0.0))) == [P, P, P, F]
+    # BN ahead by 0.05 in validation accuracy: short of MNIST-1D's 0.10, enough for Fashion-MNIST's own threshold.
+    small = _qs(dropout_train_drop=0.4, bn_val=0.32)
+    assert verdicts("quickstart", fabricate("quickstart", small))[1] == F
+    assert verdicts("quickstart", fabricate("quickstart", small, dataset="fashion_mnist"))[1] == P
 
 
 def test_every_study_writes_a_report_from_fabricated_numbers(tmp_path):
     makers = {
         "quickstart": {"curve": _qs(0.4)}, "bn_vs_baseline": {"curve": _bvb(0.3)},
         "weight_scale": dict(zip(("curve", "loss"), _ws(0.11))), "batch_size": {"curve": _bs(0.62)},
-        "dropout": {"curve": _do(0.05)}, "population_stats": dict(zip(("curve", "extras"), _ps(0.0))),
+        "dropout": {"curve": _do(0.05, 0.02)}, "population_stats": dict(zip(("curve", "extras"), _ps(0.2))),
         "dropout_bn_shift": dict(zip(("curve", "extras"), _dbs(True))),
     }
     for study in STUDIES:
@@ -358,7 +378,7 @@ def test_tiny_study_runs_end_to_end(study, tmp_path, capsys):
     assert summary["total"] > 0 and all(isinstance(c["passed"], bool) for c in summary["claims"])
     assert line.endswith(f"({summary['passed']}/{summary['total']} claims PASS)")
     md = (out / "report.md").read_text()
-    assert md.count("**PASS**") + md.count("**FAIL**") == summary["total"]
+    assert sum(md.count(f"| **{w}**") for w in VERDICTS) == summary["total"] == sum(summary["verdicts"].values())
     cfg = load_config(out / "config.json")
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     assert len(rows) == sum(v.sweep.num_members * (v.train.epochs + 1) for v in cfg.variants)

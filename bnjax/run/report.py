@@ -8,7 +8,9 @@ plots (``plots``) and notes (``notes``):
     def plots(results: StudyResults, out_dir: Path) -> list[Figure]: ...       # optional
     def notes(results: StudyResults) -> list[str]: ...                          # optional
 
-A claim's verdict is computed by the analysis module from the numbers; this module only lays it out.
+A claim's verdict (PASS, FAIL, DIFFERS, INCONCLUSIVE) is computed by the analysis module from the numbers, with the
+rules of :mod:`bnjax.run.claims` (seed-by-seed decisions against the expectations of the dataset in use); this
+module only lays it out, with a legend of the verdict words and a one-line note under each DIFFERS/INCONCLUSIVE.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from bnjax.run.claims import DATASET_TITLES, LEGEND, VERDICTS, Claim, dataset_of
 from bnjax.run.results import StudyResults, VariantResult, jsonable
 
 __all__ = [
@@ -48,24 +51,6 @@ TABLE_METRICS = (
     ("train_loss", "train loss"),
 )
 MAX_LEGEND = 12
-
-
-@dataclass(frozen=True)
-class Claim:
-    """A statement about the results and whether the numbers bear it out.
-
-    Attributes:
-      text: the claim, e.g. "BN's training accuracy leads the baseline at every epoch >= 1".
-      passed: the verdict, computed from the numbers.
-      evidence: the numbers behind the verdict (means ± std over seeds, thresholds).
-    """
-
-    text: str
-    passed: bool
-    evidence: str
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "passed", bool(self.passed))
 
 
 @dataclass(frozen=True)
@@ -362,9 +347,39 @@ def _run_claims(module: types.ModuleType | None, results: StudyResults) -> list[
         return []
     claims = list(module.analyze(results))
     for c in claims:
-        if not isinstance(c, Claim) and not all(hasattr(c, a) for a in ("text", "passed", "evidence")):
-            raise TypeError(f"analyze() must return Claim objects, got {type(c).__name__}.")
-    return [Claim(c.text, c.passed, c.evidence) for c in claims]
+        if not isinstance(c, Claim):
+            raise TypeError(f"analyze() must return bnjax.run.claims.Claim objects, got {type(c).__name__}.")
+    return claims
+
+
+def _dataset(results: StudyResults) -> str | None:
+    try:
+        return dataset_of(results)
+    except ValueError:
+        return None
+
+
+def _verdict_counts(claims: Sequence[Claim]) -> dict[str, int]:
+    return {w: sum(c.verdict == w for c in claims) for w in VERDICTS}
+
+
+def _verdict_md(claims: Sequence[Claim], dataset: str | None) -> list[str]:
+    counts = _verdict_counts(claims)
+    tally = ", ".join(f"{n} {w}" for w, n in counts.items() if n)
+    on = f" on {DATASET_TITLES.get(dataset, dataset)}" if dataset else ""
+    md = [(f"**{counts['PASS']} of {len(claims)} claims pass{on}** ({tally}). Each verdict is computed from the "
+           "numbers below, seed by seed, against the expectations of the dataset in use "
+           "(`experiments/REFERENCES.md` gives the sources and the per-dataset numbers)."), ""]
+    md.append(_markdown_table(["#", "claim", "verdict", "numbers"],
+                              [[str(i + 1), c.text, f"**{c.verdict}**" + c.label[len(c.verdict):], c.evidence]
+                               for i, c in enumerate(claims)]))
+    notes = [f"- claim {i + 1}, {c.label}: {c.note}" for i, c in enumerate(claims) if c.note]
+    if notes:
+        md += [""] + notes
+    md += ["", "Verdicts (decided on one number per seed, seed-paired where variants share seeds; numbers read "
+           "\"mean ± two standard errors (per seed) relation threshold\"):", ""]
+    md += [f"- **{w}**: {LEGEND[w]}." for w in VERDICTS]
+    return md
 
 
 def write_report(results: StudyResults, module: types.ModuleType | None = None) -> dict[str, Any]:
@@ -384,14 +399,17 @@ def write_report(results: StudyResults, module: types.ModuleType | None = None) 
     rows = summary_rows(results)
     meta = results.meta
     cfg = results.config
-    passed = sum(c.passed for c in claims)
+    dataset = _dataset(results)
 
     summary = {
         "study": cfg.study.name,
         "description": cfg.study.description,
-        "claims": [{"text": c.text, "passed": c.passed, "evidence": c.evidence} for c in claims],
-        "passed": passed,
+        "dataset": dataset,
+        "claims": [{"text": c.text, "verdict": c.verdict, "label": c.label, "passed": c.passed,
+                    "evidence": c.evidence, "note": c.note} for c in claims],
+        "passed": _verdict_counts(claims)["PASS"],
         "total": len(claims),
+        "verdicts": _verdict_counts(claims),
         "final": rows,
         "variants": {v.name: {"members": v.num_members, "epochs": v.epochs, "wall_time_s": v.wall_time,
                               "diverged": int((v.diverged_step >= 0).sum()), "extras": v.extras} for v in results},
@@ -416,11 +434,7 @@ def write_report(results: StudyResults, module: types.ModuleType | None = None) 
         md += ["- " + f for f in facts] + [""]
     md += ["## Verdict", ""]
     if claims:
-        md += [(f"**{passed} of {len(claims)} claims pass.** Each verdict is computed from the numbers below "
-                "(means over seeds unless stated)."), ""]
-        md.append(_markdown_table(["#", "claim", "verdict", "numbers"],
-                                  [[str(i + 1), c.text, "**PASS**" if c.passed else "**FAIL**", c.evidence]
-                                   for i, c in enumerate(claims)]))
+        md += _verdict_md(claims, dataset)
     else:
         md.append("No analysis module: no claims were checked.")
     md += ["", "## Final numbers", "",

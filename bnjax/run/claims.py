@@ -1,0 +1,422 @@
+"""Verdicts for a study's claims: decided seed by seed, against the expectations of the dataset in use.
+
+A study's analysis module (``experiments/<study>.py``) states each claim in the source's own, dataset-independent
+direction ("batch norm leads no normalization in training accuracy"), measures one number per seed, and lets this
+module decide. Magnitudes and known non-transfers live in a per-dataset table in the study module, so the same
+claim is held to MNIST-1D's numbers on MNIST-1D and to Fashion-MNIST's on Fashion-MNIST (``experiments/REFERENCES.md``
+lists the sources and what this project measures on each dataset).
+
+Verdict words (also the legend of every ``report.md``):
+
+- ``PASS`` -- the claim holds on this dataset: every seed is on the claimed side of the threshold, and so is the
+  mean over seeds with its interval (± two standard errors).
+- ``FAIL`` -- the claim was expected to hold on this dataset and the seeds contradict it (no seed on the claimed
+  side, or the mean's interval on the other side): the software or the science disagrees with what we expect. Never used for a claim the dataset's
+  table expects to differ.
+- ``DIFFERS`` -- the source's claim is known not to transfer to this dataset (the table says so, with a one-line
+  reason) and the numbers contradict it, as this project measured before: written "DIFFERS (from CIFAR-10, as
+  measured)". A finding, not a defect.
+- ``INCONCLUSIVE`` -- the threshold lies inside the spread over seeds (a seed on the other side, or the interval
+  across it): this run cannot call it either way; more seeds, or a larger effect, would.
+
+Deciding on seeds: a claim's quantity is measured once per seed, ``x_1 .. x_n`` (for "A leads B" the seed-paired
+difference ``A - B``: members with the same seed share their initialisation key and batch order). ``exceeds``
+(the claim "x > t") holds when every ``x_i > t`` and ``mean - 2 se > t`` (``se = std(x, ddof=1) / sqrt(n)``), is
+contradicted when no ``x_i > t`` or ``mean + 2 se <= t``, and is unclear otherwise (the seeds disagree and the
+interval straddles ``t``); ``falls_below`` mirrors it; ``mean_above`` ("matches or beats") asks the interval
+alone; ``within`` ("no
+effect") compares the interval ``mean ± 2 se`` with a tolerance, so one extreme member cannot decide it;
+``every_seed`` takes a yes/no per seed; ``every`` joins findings (holds when all hold, contradicted as soon as one
+is). A difference of means alone never decides, and thresholds sit well away from the measured values, so a
+rerun with other seeds gives the same verdict.
+
+Writing a claim (the API the study modules use)::
+
+    from bnjax.run.claims import Claim, Expect, exceeds, expectations, paired
+
+    EXPECT = {                                   # per dataset; "default" serves datasets without a table
+        "default": {"train_gap": Expect(0.0)},
+        "mnist1d": {"train_gap": Expect(0.30), "epoch1": Expect(differs="CIFAR-10", why="...one line...")},
+        "fashion_mnist": {"train_gap": Expect(0.02)},
+    }
+
+    def analyze(results):
+        exp = expectations(EXPECT, results)      # the table of the dataset in use
+        gap = paired(bn, bn.final("train_acc"), base, base.final("train_acc"))
+        e = exp["train_gap"]
+        return [Claim.decide("BN ends ahead of no normalization in training accuracy",
+                             exceeds(gap, e.threshold, label="BN - none, per seed"), e)]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DIFFERS",
+    "FAIL",
+    "INCONCLUSIVE",
+    "LEGEND",
+    "PASS",
+    "VERDICTS",
+    "Claim",
+    "Expect",
+    "Expectations",
+    "Finding",
+    "dataset_of",
+    "every",
+    "every_seed",
+    "exceeds",
+    "expectations",
+    "falls_below",
+    "interval",
+    "mean_above",
+    "paired",
+    "seeds",
+    "within",
+]
+
+PASS, FAIL, DIFFERS, INCONCLUSIVE = "PASS", "FAIL", "DIFFERS", "INCONCLUSIVE"
+VERDICTS: tuple[str, ...] = (PASS, FAIL, DIFFERS, INCONCLUSIVE)
+
+LEGEND: dict[str, str] = {
+    PASS: "the claim holds on this dataset: every seed is on the claimed side of the threshold, and so is the mean "
+          "over seeds ± two standard errors",
+    FAIL: "the claim was expected to hold on this dataset and the seeds contradict it (no seed on the claimed side, "
+          "or the mean ± two standard errors on the other side): the software or the science disagrees with what we "
+          "expect",
+    DIFFERS: "the source's claim is known not to transfer to this dataset and the numbers contradict it, as measured "
+             "before (a finding, not a defect; the note says why)",
+    INCONCLUSIVE: "the threshold lies inside the spread over seeds, so this run cannot call it either way",
+}
+
+DATASET_TITLES = {"mnist1d": "MNIST-1D", "fashion_mnist": "Fashion-MNIST", "cifar10": "CIFAR-10", "mnist": "MNIST",
+                  "digits": "digits", "synthetic": "synthetic"}
+
+
+# ------------------------------------------------------------------------------------------- expectations
+
+@dataclass(frozen=True)
+class Expect:
+    """What a claim should show on one dataset.
+
+    Attributes:
+      threshold: the magnitude the claim's quantity must clear on this dataset (``0.0``: direction only).
+      differs: the source's dataset (e.g. ``"CIFAR-10"``) when the source's claim is known not to transfer to this
+        dataset; a contradiction then reads "DIFFERS (from <differs>, as measured)" instead of FAIL.
+      why: one line for the report: why it differs (required with ``differs``).
+    """
+
+    threshold: float = 0.0
+    differs: str | None = None
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if self.differs and not self.why:
+            raise ValueError(f"Expect(differs={self.differs!r}) needs why=, the one-line reason shown in the report.")
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """The expectations of one dataset: ``exp[key]`` is the dataset's own entry, else the ``"default"`` one.
+
+    Attributes:
+      dataset: the dataset's registry name (``"mnist1d"``).
+      table: claim key -> ``Expect``, the defaults overridden by the dataset's own table.
+      own: the keys the dataset's own table sets (empty for a dataset without a table).
+    """
+
+    dataset: str
+    table: Mapping[str, Expect]
+    own: frozenset[str] = frozenset()
+
+    def __getitem__(self, key: str) -> Expect:
+        try:
+            return self.table[key]
+        except KeyError:
+            raise KeyError(f"no expectation {key!r} for dataset {self.dataset!r} and no default; "
+                           f"keys: {sorted(self.table)}") from None
+
+    @property
+    def title(self) -> str:
+        """The dataset's printed name (``"MNIST-1D"``)."""
+        return DATASET_TITLES.get(self.dataset, self.dataset)
+
+    def source(self, key: str) -> str:
+        """Where ``self[key]`` comes from, for evidence strings: ``"MNIST-1D table"`` or ``"default"``."""
+        return f"{self.title} table" if key in self.own else "default"
+
+
+def dataset_of(results: Any) -> str:
+    """The ``data.name`` every variant of ``results`` trained on (e.g. ``"mnist1d"``).
+
+    Raises:
+      ValueError: the variants trained on different datasets (a per-dataset claim cannot be judged).
+    """
+    names = set()
+    for v in results:
+        spec = getattr(v, "spec", {}) or {}
+        names.add(spec.get("data", {}).get("name"))
+    names.discard(None)
+    if not names:
+        cfg = getattr(results, "config", None)
+        names = {v.data.name for v in getattr(cfg, "variants", ())}
+    if len(names) != 1:
+        raise ValueError(f"the variants trained on {sorted(map(str, names)) or 'no recorded dataset'}; per-dataset "
+                         f"claims need one dataset per run.")
+    return names.pop()
+
+
+def expectations(tables: Mapping[str, Mapping[str, Expect]], results_or_dataset: Any) -> Expectations:
+    """The expectations for the dataset of ``results_or_dataset`` (a ``StudyResults`` or a dataset name).
+
+    Args:
+      tables: ``{"default": {...}, "mnist1d": {...}, ...}``: per dataset, claim key -> ``Expect``; a dataset's
+        table overrides ``"default"`` key by key; a dataset without a table gets ``"default"`` alone.
+    """
+    dataset = results_or_dataset if isinstance(results_or_dataset, str) else dataset_of(results_or_dataset)
+    own = {} if dataset == "default" else dict(tables.get(dataset, {}))
+    return Expectations(dataset, {**tables.get("default", {}), **own}, frozenset(own))
+
+
+# ------------------------------------------------------------------------------------------------ seeds
+
+def seeds(v: Any, **where: Any) -> list[int]:
+    """The seeds of the members of variant ``v`` matching ``where``, in member order (the order of
+    ``v.final(...)`` and ``v.curves(...)`` rows)."""
+    mask = v.mask(**where)
+    return [int(m["seed"]) for m, keep in zip(v.members, mask) if keep]
+
+
+def paired(a: Any, a_values: Any, b: Any, b_values: Any, *, where_a: Mapping[str, Any] | None = None,
+           where_b: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Seed-paired differences ``a_values - b_values``, rows matched by seed.
+
+    Args:
+      a, b: the variants (``VariantResult``) the values come from.
+      a_values, b_values: ``(S, ...)`` per-member values of the members of ``a``/``b`` matching ``where_a``/``where_b``
+        (e.g. ``a.final("train_acc", dropout=0.0)``), in member order.
+
+    Returns:
+      ``(S', ...)`` differences over the seeds both have, in ``a``'s seed order.
+
+    Raises:
+      ValueError: the variants share no seed, or a row count does not match the members.
+    """
+    sa, sb = seeds(a, **(where_a or {})), seeds(b, **(where_b or {}))
+    xa, xb = np.asarray(a_values, float), np.asarray(b_values, float)
+    if xa.shape[0] != len(sa) or xb.shape[0] != len(sb):
+        raise ValueError(f"paired(): {xa.shape[0]} values for {len(sa)} members of {a.name!r} and {xb.shape[0]} "
+                         f"for {len(sb)} of {b.name!r}; pass the rows of the same where= selection.")
+    common = [s for s in sa if s in sb]
+    if not common:
+        raise ValueError(f"paired(): {a.name!r} (seeds {sa}) and {b.name!r} (seeds {sb}) share no seed.")
+    return xa[[sa.index(s) for s in common]] - xb[[sb.index(s) for s in common]]
+
+
+# --------------------------------------------------------------------------------------------- findings
+
+@dataclass(frozen=True)
+class Finding:
+    """What the seeds say about one comparison.
+
+    Attributes:
+      holds: True (the claim holds), False (it is contradicted) or None (unclear: the threshold lies inside the
+        spread over seeds).
+      summary: the numbers behind it, e.g. ``"BN - none: +0.466 ± 0.017 (seeds +0.447/+0.475/+0.477) > 0.3"``.
+    """
+
+    holds: bool | None
+    summary: str
+
+
+def interval(values: Any) -> tuple[float, float]:
+    """``(mean, 2 * standard error)`` of the finite per-seed values (std with ``ddof=1``; half-width 0 for one
+    value); ``(nan, nan)`` when none is finite."""
+    x = _finite(values)
+    if x.size == 0:
+        return float("nan"), float("nan")
+    half = 2.0 * float(x.std(ddof=1)) / np.sqrt(x.size) if x.size > 1 else 0.0
+    return float(x.mean()), half
+
+
+def _finite(values: Any) -> np.ndarray:
+    x = np.asarray(values, float).ravel()
+    return x[np.isfinite(x)]
+
+
+def _describe(x: np.ndarray, relation: str, digits: int, label: str, signed: bool = True) -> str:
+    f = (lambda a: f"{a:+.{digits}f}") if signed else (lambda a: f"{a:.{digits}f}")  # noqa: E731
+    m, half = interval(x)
+    per = "/".join(f(a) for a in x) if x.size <= 6 else f"{f(x.min())}..{f(x.max())}, {x.size} seeds"
+    head = f"{label}: " if label else ""
+    return f"{head}{f(m)} ± {half:.{digits}f} (seeds {per}) {relation}"
+
+
+def _signed(x: np.ndarray, reference: float) -> bool:
+    """Differences (a value below 0, or a comparison with 0 or less) print with their sign."""
+    return bool(reference <= 0 or (x < 0).any())
+
+
+def _none(label: str) -> Finding:
+    return Finding(None, f"{label + ': ' if label else ''}no finite value")
+
+
+def exceeds(values: Any, threshold: float = 0.0, *, digits: int = 3, label: str = "") -> Finding:
+    """The claim "x > threshold" on per-seed values ``x``.
+
+    Holds when every seed exceeds the threshold and so does the mean less two standard errors; contradicted when
+    no seed exceeds it, or when the mean plus two standard errors is at or below it; unclear otherwise.
+    Non-finite values (diverged members) are left out; none finite is unclear.
+    """
+    x = _finite(values)
+    if x.size == 0:
+        return _none(label)
+    m, half = interval(x)
+    if x.min() > threshold and m - half > threshold:
+        holds: bool | None = True
+    elif x.max() <= threshold or m + half <= threshold:
+        holds = False
+    else:
+        holds = None
+    return Finding(holds, _describe(x, f"> {threshold:g}", digits, label, _signed(x, threshold)))
+
+
+def falls_below(values: Any, threshold: float = 0.0, *, digits: int = 3, label: str = "") -> Finding:
+    """The claim "x < threshold": the mirror of :func:`exceeds`."""
+    x = _finite(values)
+    if x.size == 0:
+        return _none(label)
+    m, half = interval(x)
+    if x.max() < threshold and m + half < threshold:
+        holds: bool | None = True
+    elif x.min() >= threshold or m - half >= threshold:
+        holds = False
+    else:
+        holds = None
+    return Finding(holds, _describe(x, f"< {threshold:g}", digits, label, _signed(x, threshold)))
+
+
+def mean_above(values: Any, threshold: float, *, digits: int = 4, label: str = "") -> Finding:
+    """The claim "x is at least ``threshold`` on average" (non-inferiority, "matches or beats"): holds when the mean
+    less two standard errors exceeds the threshold, contradicted when the mean plus two standard errors is at or
+    below it, unclear otherwise. For claims where single seeds hover around zero by construction (two estimators
+    that agree), so that requiring every seed would be a hair trigger."""
+    x = _finite(values)
+    if x.size == 0:
+        return _none(label)
+    m, half = interval(x)
+    holds = True if m - half > threshold else False if m + half <= threshold else None
+    return Finding(holds, _describe(x, f"mean > {threshold:g}", digits, label, _signed(x, threshold)))
+
+
+def within(values: Any, tol: float, *, center: float = 0.0, digits: int = 4, label: str = "") -> Finding:
+    """The claim "the mean of x is within ``center ± tol``": holds when the mean's interval (± two standard
+    errors) lies inside, contradicted when it lies wholly outside, unclear otherwise. A statement about the
+    typical seed, not the most extreme one (a maximum over members is a hair trigger)."""
+    x = _finite(values)
+    if x.size == 0:
+        return _none(label)
+    m, half = interval(x)
+    lo, hi = m - half, m + half
+    holds = (True if (lo > center - tol and hi < center + tol)
+             else False if (lo >= center + tol or hi <= center - tol) else None)
+    return Finding(holds, _describe(x, f"within {center:g} ± {tol:g}", digits, label, _signed(x, center)))
+
+
+def every_seed(flags: Any, *, label: str = "", what: str = "") -> Finding:
+    """A yes/no observation per seed (e.g. "the loss blew up"): holds when every seed says yes, contradicted when
+    none does, unclear when they disagree."""
+    b = np.asarray(flags, bool).ravel()
+    holds = True if b.all() else False if not b.any() else None
+    head = f"{label}: " if label else ""
+    return Finding(holds, f"{head}{int(b.sum())}/{b.size} seeds{' ' + what if what else ''}")
+
+
+def every(findings: Iterable[Finding], *, summary: str | None = None) -> Finding:
+    """All of ``findings`` at once: holds when every one holds, contradicted as soon as one is, else unclear.
+
+    ``summary`` replaces the joined summaries (which can be long, e.g. one per epoch).
+    """
+    fs: Sequence[Finding] = list(findings)
+    if not fs:
+        raise ValueError("every() needs at least one finding.")
+    if any(f.holds is False for f in fs):
+        holds: bool | None = False
+    elif all(f.holds is True for f in fs):
+        holds = True
+    else:
+        holds = None
+    return Finding(holds, summary if summary is not None else "; ".join(f.summary for f in fs))
+
+
+# ---------------------------------------------------------------------------------------------- claims
+
+@dataclass(frozen=True)
+class Claim:
+    """A statement about the results and the verdict the numbers give it.
+
+    Attributes:
+      text: the claim in the source's direction, e.g. "BN's training accuracy leads no normalization at every
+        epoch >= 1 (CS231n BatchNormalization.ipynb)".
+      verdict: one of ``VERDICTS``; ``True``/``False`` are accepted for PASS/FAIL.
+      evidence: the numbers behind the verdict (per-seed values, interval, threshold and where it comes from).
+      note: one line for the report, required with DIFFERS and INCONCLUSIVE (why it differs / what is unclear).
+      versus: with DIFFERS, the source's dataset the result differs from (``"CIFAR-10"``).
+    """
+
+    text: str
+    verdict: str
+    evidence: str
+    note: str = ""
+    versus: str = ""
+
+    def __post_init__(self) -> None:
+        v = self.verdict
+        if isinstance(v, (bool, np.bool_)):
+            object.__setattr__(self, "verdict", PASS if v else FAIL)
+        elif v not in VERDICTS:
+            raise ValueError(f"Claim verdict {v!r} is not one of {', '.join(VERDICTS)} (or a bool for PASS/FAIL).")
+        if self.verdict == DIFFERS and not (self.versus and self.note):
+            raise ValueError("a DIFFERS claim needs versus= (the source's dataset) and note= (why, one line).")
+
+    @property
+    def passed(self) -> bool:
+        """True for PASS."""
+        return self.verdict == PASS
+
+    @property
+    def label(self) -> str:
+        """The verdict as printed: ``"DIFFERS (from CIFAR-10, as measured)"`` or the bare word."""
+        return f"{DIFFERS} (from {self.versus}, as measured)" if self.verdict == DIFFERS else self.verdict
+
+    @classmethod
+    def decide(cls, text: str, finding: Finding, expect: Expect | None = None, *, evidence: str = "",
+               source: str = "") -> Claim:
+        """The claim's verdict from a finding and the dataset's expectation.
+
+        holds -> PASS (with a note when the table expected it to differ); contradicted -> DIFFERS when the table
+        says the source's claim does not transfer, else FAIL; unclear -> INCONCLUSIVE.
+
+        Args:
+          evidence: extra numbers appended to the finding's summary.
+          source: where the threshold comes from (e.g. ``"MNIST-1D table"``), appended to the summary.
+        """
+        expect = expect or Expect()
+        parts = [finding.summary + (f" ({source})" if source else "")]
+        if evidence:
+            parts.append(evidence)
+        ev = "; ".join(parts)
+        if finding.holds is True:
+            note = (f"expected to differ from {expect.differs} here ({expect.why}), yet it holds in this run"
+                    if expect.differs else "")
+            return cls(text, PASS, ev, note)
+        if finding.holds is False:
+            if expect.differs:
+                return cls(text, DIFFERS, ev, expect.why, expect.differs)
+            return cls(text, FAIL, ev)
+        return cls(text, INCONCLUSIVE, ev, "the threshold lies inside the spread over seeds")
