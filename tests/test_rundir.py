@@ -295,7 +295,8 @@ def test_real_ctrl_c_in_a_subprocess_exits_130_with_the_resume_command(project):
     metrics = project / "out" / "metrics.jsonl"
     deadline = time.time() + 120
     try:
-        while not (metrics.is_file() and metrics.stat().st_size > 0):
+        # Wait for an epoch >= 1 line (the epoch-0 evaluation is logged before training starts).
+        while not (metrics.is_file() and any(r["epoch"] >= 1 for r in read_metrics(metrics))):
             assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
             time.sleep(0.05)
         proc.send_signal(signal.SIGINT)
