@@ -70,8 +70,8 @@ def analyze(results):
         f"behind by more than {t:g} (CS231n, CIFAR-10: .46 vs .62)",
         exceeds(paired(base, b, bn[smallest], bn_tr[smallest]), t, label="none - BN, per seed"), exp["bn5_worse"],
         source=exp.source("bn5_worse"),
-        evidence=f"final train: BN {fmt(bn_tr[smallest])} vs none {fmt(b)}; val: {fmt(_final(bn[smallest], 'val_acc'))} "
-                 f"vs {fmt(_final(base, 'val_acc'))}",
+        evidence=f"final train: BN {fmt(bn_tr[smallest])} vs none {fmt(b)}; val: "
+                 f"{fmt(_final(bn[smallest], 'val_acc'))} vs {fmt(_final(base, 'val_acc'))}",
     ))
     s_bn, s_ln = _spread(bn), _spread(ln)
     claims.append(Claim.decide(

@@ -40,7 +40,8 @@ def analyze(results):
     claims.append(Claim.decide(
         "Dropout shrinks the train - val accuracy gap in every setup (lowest keep vs keep 1), seed by seed "
         "(Srivastava et al. 2014; CS231n Dropout.ipynb, CIFAR-10: ~.69 -> ~.59 at keep 0.25)",
-        every(findings), exp["gap"], source=exp.source("gap"), evidence="gap keep 1 -> lowest keep: " + "; ".join(texts),
+        every(findings), exp["gap"], source=exp.source("gap"),
+        evidence="gap keep 1 -> lowest keep: " + "; ".join(texts),
     ))
     if "cs231n_1x500" in results:
         v = results["cs231n_1x500"]

@@ -89,7 +89,8 @@ def analyze(results):
         every([within(_ratios(before, "ratio_dropout_to_running", r)[:, j], tol, center=1.0, digits=3)
                for r in rates for j in idx],
               summary="dropout-on/running variance, before_bn layers behind dropout: "
-              + _range(np.concatenate([_ratios(before, "ratio_dropout_to_running", r)[:, idx].ravel() for r in rates]))),
+              + _range(np.concatenate([_ratios(before, "ratio_dropout_to_running", r)[:, idx].ravel()
+                                       for r in rates]))),
         exp["train_mode"], source=exp.source("train_mode"),
     ))
     low = {"dropout": rates[-1]}  # the lowest keep: the largest shift

@@ -10,7 +10,8 @@ from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, mean_a
 from bnjax.run.report import fmt, save_figure
 
 # Per dataset: "match" is how far (accuracy) recomputed statistics may trail a running average on average and still
-# "match" it (two points: seeds differ by about one point on 1000 validation examples); "unbiased" the largest mean change of final val accuracy that counts as "no effect" of the m/(m-1) variance.
+# "match" it (two points: seeds differ by about one point on 1000 validation examples); "unbiased" the largest mean
+# change of final val accuracy that counts as "no effect" of the m/(m-1) variance.
 EXPECT = {
     "default": {"match": Expect(-0.02), "lag": Expect(0.0), "early": Expect(0.0), "cumulative": Expect(0.0),
                 "unbiased": Expect(0.01)},
