@@ -354,7 +354,7 @@ def test_population_stats_post_train_matches_numpy():
 
 # ------------------------------------------------------------------------------------------ tiny, end to end
 
-TINY = ["train.epochs=1", "data.loader={num_samples=500}", "data.num_train=100", "data.num_val=100",
+TINY = ["train.epochs=1", "data.loader={num_samples=500}", "data.num_train=100", "data.num_val=100", "data.num_test=100",
         "sweep.seeds=[0]", "model.hidden=[8,8]", "train.eval_train_samples=100"]
 TINY_EXTRA = {
     "population_stats": ["train.precise_bn_batches=2"],
