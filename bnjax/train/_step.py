@@ -331,12 +331,11 @@ def evaluate(
     xs = jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1)).reshape(chunks, bs, *x.shape[1:])
     ys = jnp.pad(y, (0, pad)).reshape(chunks, bs)
     mask = (jnp.arange(chunks * bs) < n).reshape(chunks, bs)
-    cparams, cx = cast_compute(compute_dtype, params, xs[:0])
-    cx_dtype = cx.dtype
+    cparams, xs = cast_compute(compute_dtype, params, xs)
 
     def chunk(args):
         xc, yc, mc = args
-        logits, _ = m.layer.apply(cparams, batch_stats, xc.astype(cx_dtype), False)
+        logits, _ = m.layer.apply(cparams, batch_stats, xc, False)
         logits = logits.astype(jnp.float32)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, yc)
         correct = jnp.argmax(logits, axis=-1) == yc
