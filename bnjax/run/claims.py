@@ -22,7 +22,8 @@ Verdict words (also the legend of every ``report.md``):
 Deciding on seeds: a claim's quantity is measured once per seed, ``x_1 .. x_n`` (for "A leads B" the seed-paired
 difference ``A - B``: members with the same seed share their initialisation key and batch order). Its interval is
 the 95% confidence interval of the mean, ``mean ± t(0.975, n-1) * std(x, ddof=1) / sqrt(n)`` (Student's t: 4.30
-for 3 seeds), so a quantity with no real effect is called either way in under 5% of reruns. ``exceeds`` (the claim
+for 3, 2.78 for 5), so a quantity whose true mean sits exactly on the threshold is called either way in under 5%
+of reruns (for normally spread seeds). ``exceeds`` (the claim
 "x > t") holds when every ``x_i > t`` and the interval lies above ``t``, is contradicted when the interval lies at
 or below ``t``, and is unclear otherwise; ``falls_below`` mirrors it; ``mean_above`` ("matches or beats") and
 ``within`` ("no effect") ask the interval alone, so one extreme member cannot decide them; ``every_seed`` takes
