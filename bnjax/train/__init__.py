@@ -18,6 +18,7 @@ from bnjax.train._ensemble import train_ensemble as train_ensemble
 from bnjax.train._parallel import make_data_parallel_ensemble_step as make_data_parallel_ensemble_step
 from bnjax.train._parallel import make_data_parallel_step as make_data_parallel_step
 from bnjax.train._precise_bn import recompute_batch_stats as recompute_batch_stats
+from bnjax.train._sharded import Parallel as Parallel
 from bnjax.train._step import TrainState as TrainState
 from bnjax.train._step import evaluate as evaluate
 from bnjax.train._step import init_train_state as init_train_state
@@ -28,6 +29,7 @@ from bnjax.train._step import make_train_step as make_train_step
 __all__ = [
     "EnsembleResult",
     "Member",
+    "Parallel",
     "TrainConfig",
     "TrainState",
     "evaluate",

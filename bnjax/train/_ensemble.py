@@ -27,6 +27,16 @@ from bnjax.train import _checkpoint
 from bnjax.train._config import MEMBER_FIELDS, MODEL_OPTIONS, Member, TrainConfig, cast_compute
 from bnjax.train._model import Model, as_model, stats_layout
 from bnjax.train._precise_bn import _average_stats, check_precise_options
+from bnjax.train._sharded import (
+    Layout,
+    Parallel,
+    make_layout,
+    make_sharded_epoch_fn,
+    make_sharded_eval_fn,
+    pad_members,
+    to_devices,
+    to_host,
+)
 from bnjax.train._step import (
     TrainState,
     epoch_batches,
@@ -332,6 +342,34 @@ def _compiled_epoch(
     return fn.lower(states, x_aval, y_aval, jax.eval_shape(lambda: shared_shuffle_key(0))).compile()
 
 
+@functools.lru_cache(maxsize=16)
+def _sharded_programs(
+    model: Model, cfg: TrainConfig, eval_cfg: TrainConfig, layout: Layout, num_train: int, shared: bool,
+    use_dropout: bool,
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The jitted epoch and evaluation of ``layout`` (compiled on first call), cached like
+    :func:`_compiled_epoch`."""
+    epoch = jax.jit(make_sharded_epoch_fn(model, cfg, layout, num_train=num_train, shared_batches=shared,
+                                          use_dropout=use_dropout), donate_argnums=0)
+    local = make_eval_fn(model, eval_cfg, num_members=layout.local_members,
+                         precise_batches=eval_cfg.precise_bn_batches)
+    return epoch, jax.jit(make_sharded_eval_fn(local, layout))
+
+
+def _broadcast_payload(payload: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Process 0's checkpoint payload on every process (the checkpoint may live on process 0's disk only)."""
+    from flax import serialization
+    from jax.experimental import multihost_utils
+
+    blob = b"" if payload is None else serialization.msgpack_serialize(payload)
+    size = int(multihost_utils.broadcast_one_to_all(np.int64(len(blob) if payload is not None else -1)))
+    if size < 0:
+        return None
+    data = np.frombuffer(blob, np.uint8) if jax.process_index() == 0 else np.zeros(size, np.uint8)
+    data = np.asarray(multihost_utils.broadcast_one_to_all(data), np.uint8)
+    return serialization.msgpack_restore(data.tobytes())
+
+
 def _as_split(data: Any, split: str, m: Model) -> tuple[np.ndarray, np.ndarray]:
     x = np.asarray(getattr(data, f"x_{split}"), np.float32)
     y = np.asarray(getattr(data, f"y_{split}"))
@@ -426,6 +464,7 @@ def train_ensemble(
     callback: Callable[[int, dict[str, np.ndarray]], None] | None = None,
     checkpoint_dir: str | None = None,
     resume: bool = False,
+    parallel: Parallel | None = None,
 ) -> EnsembleResult:
     """Trains ``K`` models at once and evaluates them before training and after every epoch.
 
@@ -459,6 +498,13 @@ def train_ensemble(
         callback has seen the epoch, so a run killed in between repeats that epoch and reports it again.
       resume: continue from the checkpoint in ``checkpoint_dir`` if there is one (its fingerprint must match
         this call, otherwise ValueError). With ``resume=False`` an existing checkpoint is overwritten.
+      parallel: a :class:`Parallel` layout: the members sharded over ``parallel.members`` devices, each
+        member's batch over ``parallel.data`` (see :mod:`bnjax.train._sharded`). None (default) or a layout of
+        one device: the single-device program. The results do not depend on it beyond float summation order
+        (and, with ``data > 1`` and dropout, the per-device dropout keys); a checkpoint written with one
+        layout resumes with another. Over several processes (after ``jax.distributed.initialize()``) every
+        process calls this with the same arguments and data, ``callback`` runs on every process, only
+        process 0 writes the checkpoint and every process reads process 0's (broadcast).
 
     Returns:
       An :class:`EnsembleResult`.
@@ -482,6 +528,11 @@ def train_ensemble(
     options = tuple(sorted(k for k in MODEL_OPTIONS if getattr(resolved[0], k) is not None))
     member_dicts = [x.to_dict() for x in resolved]
 
+    layout = make_layout(parallel, k_members, cfg.batch_size) if parallel is not None else None
+    if layout is not None and layout.single_device and jax.process_count() == 1:
+        layout = None
+    writer = jax.process_index() == 0
+
     states = init_ensemble(m, cfg, resolved)
     if cfg.precise_bn_batches and stats_layout(states.batch_stats):
         check_precise_options(m, fn)
@@ -493,7 +544,9 @@ def train_ensemble(
     if checkpoint_dir is not None:
         fingerprint = _checkpoint.make_fingerprint(_identity(m), cfg, member_dicts, data,
                                                    shared_batches=shared_batches)
-        payload = _checkpoint.load_checkpoint(checkpoint_dir, fingerprint) if resume else None
+        payload = _checkpoint.load_checkpoint(checkpoint_dir, fingerprint) if resume and writer else None
+        if jax.process_count() > 1 and resume:
+            payload = _broadcast_payload(payload)
         if payload is not None:
             states = jax.device_put(_checkpoint.restore_tree(jax.device_get(states), payload["state"]))
             # np.array copies: restored buffers are read-only and the history is filled in place.
@@ -502,24 +555,38 @@ def train_ensemble(
             epoch_times = [float(t) for t in np.asarray(payload["epoch_times"]).reshape(-1)]
             start_epoch = int(payload["epoch"])
 
-    x_dev, y_dev = jnp.asarray(inputs["x"]), jnp.asarray(inputs["y"])
-    sets = {name: (jnp.asarray(x), jnp.asarray(y)) for name, (x, y) in inputs["sets"].items()}
-    precise_x = jnp.asarray(inputs["precise_x"])
-    shuffle_key = shared_shuffle_key(cfg.seed)
-
     program = _program_model(m)
-    eval_fn = _jitted_eval(program, _program_cfg(cfg, eval_fields=True), k_members)
     t0 = time.perf_counter()
     compiled = None
-    if start_epoch < cfg.epochs:
-        compiled = _compiled_epoch(
-            program, _program_cfg(cfg), k_members, n_train, shared_batches, use_dropout, options,
-            jax.ShapeDtypeStruct(x_dev.shape, x_dev.dtype),
-        )
+    if layout is None:
+        x_dev, y_dev = jnp.asarray(inputs["x"]), jnp.asarray(inputs["y"])
+        sets = {name: (jnp.asarray(x), jnp.asarray(y)) for name, (x, y) in inputs["sets"].items()}
+        precise_x = jnp.asarray(inputs["precise_x"])
+        shuffle_key = shared_shuffle_key(cfg.seed)
+        eval_fn = _jitted_eval(program, _program_cfg(cfg, eval_fields=True), k_members)
+        if start_epoch < cfg.epochs:
+            compiled = _compiled_epoch(
+                program, _program_cfg(cfg), k_members, n_train, shared_batches, use_dropout, options,
+                jax.ShapeDtypeStruct(x_dev.shape, x_dev.dtype),
+            )
+    else:  # every array a global one: the state sharded over "members", the data replicated
+        replicated = layout.sharding()
+        states = to_devices(pad_members(jax.device_get(states), layout.padded_members), layout.member_sharding())
+        x_dev, y_dev, sets, precise_x = to_devices(
+            (inputs["x"], inputs["y"], inputs["sets"], inputs["precise_x"]), replicated)
+        shuffle_key = to_devices(jax.device_get(shared_shuffle_key(cfg.seed)), replicated)
+        compiled, eval_fn = _sharded_programs(program, _program_cfg(cfg), _program_cfg(cfg, eval_fields=True),
+                                              layout, n_train, shared_batches, use_dropout)
     compile_seconds = time.perf_counter() - t0
 
+    def host_states() -> TrainState:
+        """The state of the ``K`` members as NumPy (gathered from every device; every process calls it)."""
+        if layout is None:
+            return jax.device_get(states)
+        return jax.tree.map(lambda a: a[:k_members], to_host(states, layout))
+
     def record(epoch: int, metrics: dict[str, jax.Array]) -> dict[str, np.ndarray]:
-        values = {k: np.asarray(v, np.float64).reshape(k_members) for k, v in metrics.items()}
+        values = {k: np.asarray(v, np.float64).reshape(-1)[:k_members] for k, v in metrics.items()}
         for k, v in values.items():
             if k not in history:
                 history[k] = np.full((k_members, cfg.epochs + 1), np.nan)
@@ -533,14 +600,16 @@ def train_ensemble(
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
         t0 = time.perf_counter()
         states, losses = compiled(states, x_dev, y_dev, shuffle_key)
-        losses = np.asarray(losses)  # blocks until the epoch has run
+        losses = np.asarray(losses)[:k_members]  # blocks until the epoch has run
         epoch_times.append(time.perf_counter() - t0)
         loss_history = np.concatenate([loss_history, losses], axis=1)
         values = record(epoch, eval_fn(states, sets, precise_x))
         if checkpoint_dir is not None:  # before the callback: an interrupt there keeps this epoch's checkpoint
+            state_now = host_states()  # a collective over the processes: all take part, process 0 writes
+        if checkpoint_dir is not None and writer:
             _checkpoint.save_checkpoint(checkpoint_dir, fingerprint, {
                 "epoch": epoch,
-                "state": _checkpoint.to_state_dict(jax.device_get(states)),
+                "state": _checkpoint.to_state_dict(state_now),
                 "history": history,
                 "loss_history": loss_history,
                 "epoch_times": np.asarray(epoch_times, np.float64),
@@ -548,7 +617,7 @@ def train_ensemble(
         if callback is not None:
             callback(epoch, values | {"loss": losses.mean(axis=1)})
 
-    final = jax.device_get(states)
+    final = host_states()
     return EnsembleResult(
         members=member_dicts,
         history=history,

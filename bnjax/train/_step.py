@@ -174,7 +174,13 @@ def make_train_step(
 
 
 def make_shared_batch_ensemble_step(
-    model: Layer | MLPSpec, cfg: TrainConfig, steps_per_epoch: int, *, use_dropout: bool | None = None
+    model: Layer | MLPSpec,
+    cfg: TrainConfig,
+    steps_per_epoch: int,
+    *,
+    use_dropout: bool | None = None,
+    axis_name: Any = None,
+    sync_bn: bool = True,
 ) -> Step:
     """The step of ``K`` stacked members that all train on the same mini-batch ``(x, y)``.
 
@@ -184,14 +190,16 @@ def make_shared_batch_ensemble_step(
     and so is its weight gradient, ``dZ_all (K*h, B) @ x (B, D)``; vmap would compute ``x @ W_k.T`` for every
     member with the stacked weights transposed on every step. The gradient is that of the sum of the members'
     losses, which is each member's own gradient since no member's loss depends on another's parameters.
-    Other models run the vmapped step.
+    Other models run the vmapped step. ``axis_name``/``sync_bn``: data parallel, as for :func:`make_train_step`
+    (``(x, y)`` is this device's shard of the shared batch).
     """
     m = as_model(model, "make_shared_batch_ensemble_step")
-    vmapped = jax.vmap(make_train_step(m, cfg, steps_per_epoch, use_dropout=use_dropout), in_axes=(0, None))
+    single = make_train_step(m, cfg, steps_per_epoch, use_dropout=use_dropout, axis_name=axis_name, sync_bn=sync_bn)
+    vmapped = jax.vmap(single, in_axes=(0, None))
     name = first_dense(m.layer)
     if name is None:
         return vmapped
-    loss_fn, update = _step_parts(m, cfg, steps_per_epoch, use_dropout)
+    loss_fn, update = _step_parts(m, cfg, steps_per_epoch, use_dropout, axis_name=axis_name, sync_bn=sync_bn)
 
     def joint_loss(params, batch_stats, x, y, keys, hyper, steps):
         w = params[name]["weight"]  # (K, h, D)
@@ -209,6 +217,8 @@ def make_shared_batch_ensemble_step(
         if x.ndim != 2:
             return vmapped(states, batch)
         keys = jax.vmap(_dropout_key)(states)
+        if axis_name is not None:
+            keys = jax.vmap(lambda k: jax.random.fold_in(k, jax.lax.axis_index(axis_name)))(keys)
         (_, (losses, (new_stats, sentinels))), grads = jax.value_and_grad(joint_loss, has_aux=True)(
             states.params, states.batch_stats, x, y, keys, states.hyper, states.step
         )
