@@ -268,8 +268,9 @@ def plan_run(out: Path, config: StudyConfig, *, resume: bool) -> RunPlan:
         raise RunError(f"{out} already holds a run; pass --resume to continue it ({state.detail}), or choose "
                        f"another --out.")
     saved = out / CONFIG_FILE
-    before = _read_json(saved)
-    now = jsonable(resolved_raw(config))
+    # [parallel] only places the computation on devices, so a run may resume with another layout.
+    before = {k: v for k, v in _read_json(saved).items() if k != "parallel"}
+    now = {k: v for k, v in jsonable(resolved_raw(config)).items() if k != "parallel"}
     if before != now:
         diffs = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
         raise ConfigError(f"--resume: the config differs from the one saved in {saved} (tables {diffs}); "

@@ -34,7 +34,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
     command = "bnjax " + " ".join(shlex.quote(a) for a in (args.argv or sys.argv[1:]))
     out, summary = run_study(config, args.out_dir, resume=args.resume, progress=not args.quiet, command=command,
                              source=path)
-    print(f"results: {out}/report.md ({summary['passed']}/{summary['total']} claims PASS)")
+    if summary is None:  # another process of a multi-process run wrote the results
+        import jax
+
+        print(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 wrote {out}/report.md")
+    else:
+        print(f"results: {out}/report.md ({summary['passed']}/{summary['total']} claims PASS)")
     return 0
 
 
@@ -46,7 +51,15 @@ def _resume_command(args: argparse.Namespace) -> str:
     for group in args.set:
         parts += ["--set", *group]
     parts += ["--out", str(args.out_dir), "--resume"] + (["--quiet"] if args.quiet else [])
-    return " ".join(shlex.quote(p) for p in parts)
+    if args.cpu_devices is not None:
+        parts += ["--cpu-devices", str(args.cpu_devices)]
+    if args.coordinator is not None:
+        parts += ["--coordinator", args.coordinator, "--num-processes", str(args.num_processes),
+                  "--process-id", str(args.process_id)]
+    text = " ".join(shlex.quote(p) for p in parts)
+    if args.coordinator is not None:
+        text += "   (on every process, each with its own --process-id)"
+    return text
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
@@ -85,6 +98,38 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _setup_processes(args: argparse.Namespace, argv: list[str] | None) -> int | None:
+    """Before JAX starts: the CPU device count; for one process of a multi-process run, the checks of its flags
+    and, in the launching process, the supervised child that does the work (returns its exit code).
+
+    JAX's distributed runtime ends a process whose peer died with a C++ abort that Python cannot catch; the
+    supervisor (:mod:`bnjax.run._launch`) turns that into one line with the command that resumes the run.
+    """
+    from bnjax.run._launch import is_child, run_supervised, watch_parent
+    from bnjax.run._platform import DistributedArgs, multi_process_requested, set_cpu_devices
+    from bnjax.run._schema import ConfigError
+
+    args.distributed = None
+    if args.cpu_devices is not None:
+        set_cpu_devices(args.cpu_devices)
+    dist = DistributedArgs(args.coordinator, args.num_processes, args.process_id, timeout_s=args.timeout)
+    if not multi_process_requested(dist):
+        return None
+    if not args.out:
+        raise ConfigError("a multi-process run needs --out DIR (the same on every process; process 0 writes "
+                          "there).")
+    args.distributed = dist
+    if is_child():
+        watch_parent()
+        return None
+    args.out_dir = Path(args.out)
+    from bnjax.run._rundir import resume_state
+
+    return run_supervised(argv if argv is not None else sys.argv[1:], resume_hint=_resume_command(args),
+                          resumable=lambda: resume_state(args.out_dir) == "interrupted", process_id=dist.process_id,
+                          debug=args.debug, heartbeat_s=dist.heartbeat_s)
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --debug is accepted before and after the command (`bnjax --debug run ...`, `bnjax run ... --debug`).
     debug_help = "on an error, also print the Python traceback"
@@ -116,6 +161,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not use JAX's persistent compilation cache (default: on, in $XDG_CACHE_HOME/bnjax/"
                         "jax-compile or ~/.cache/bnjax/jax-compile; BNJAX_COMPILE_CACHE=0 also turns it off)")
+    p.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                   help="split the CPU into N JAX devices (XLA's host-platform device count), so [parallel] can "
+                        "shard members and batches on a machine without accelerators")
+    dist = p.add_argument_group(
+        "multi-process run (jax.distributed)",
+        "start one `bnjax run` per process, all with the same config, --set options and --out; process 0 writes "
+        "the results. Without these flags JAX detects SLURM, Open MPI, TPU pod slices and JAX_COORDINATOR_ADDRESS "
+        "by itself.")
+    dist.add_argument("--coordinator", default=None, metavar="HOST:PORT",
+                      help="address of process 0, which serves the coordination service, e.g. 10.0.0.1:12355")
+    dist.add_argument("--num-processes", type=int, default=None, metavar="N", help="how many processes take part")
+    dist.add_argument("--process-id", type=int, default=None, metavar="I", help="this process's id, 0..N-1")
+    dist.add_argument("--timeout", type=int, default=60, metavar="S",
+                      help="seconds to wait for the coordinator and the other processes to join (default 60)")
     p.set_defaults(func=_cmd_run, argv=None, out_dir=None)
 
     p = sub.add_parser("report", parents=[common],
@@ -169,11 +228,19 @@ def main(argv: list[str] | None = None) -> int:
     logger = logging.getLogger("bnjax")
     logger.addHandler(handler)
     try:
+        if args.command == "run":
+            supervised = _setup_processes(args, argv)
+            if supervised is not None:
+                return supervised
         if hasattr(args, "no_compile_cache"):
             from bnjax.run._platform import compile_cache_wanted, enable_compile_cache
 
             if compile_cache_wanted(args.no_compile_cache):
                 enable_compile_cache()
+        if args.command == "run" and args.distributed is not None:
+            from bnjax.run._platform import join_distributed
+
+            join_distributed(args.distributed)
         return int(args.func(args) or 0)
     except RunInterrupted as e:
         how = "Ctrl-C" if e.exit_code == 130 else e.args[0]

@@ -9,6 +9,8 @@ A config has these tables (every key optional unless marked)::
     [train]      the fields of :class:`bnjax.train.TrainConfig`
     [sweep]      seeds = [...] and numeric axes (weight_scale, dropout, learning_rate, bn_momentum): lists whose
                  cartesian product (with the seeds) is trained as ONE vmapped ensemble per variant
+    [parallel]   members, data, sync_bn: how each ensemble is spread over the devices (:class:`bnjax.train.Parallel`;
+                 one table for the whole study, not per variant)
     [[variants]] name (required), description, and overriding [data]/[model]/[train]/[sweep] tables; each
                  variant is one compiled program (structure: norm kind, batch size, hidden sizes, ...)
 
@@ -42,7 +44,7 @@ from bnjax._typing import FieldError, Layer
 from bnjax.data import DATASET_NAMES, Dataset, load_dataset, prepare
 from bnjax.nn import MLPSpec
 from bnjax.run._schema import ConfigError, build, check_keys, coerce
-from bnjax.train import Member, TrainConfig
+from bnjax.train import Member, Parallel, TrainConfig
 
 __all__ = [
     "ConfigError",
@@ -60,7 +62,7 @@ __all__ = [
     "parse_override",
 ]
 
-SECTIONS = ("study", "data", "model", "train", "sweep", "variants")
+SECTIONS = ("study", "data", "model", "train", "sweep", "parallel", "variants")
 VARIANT_KEYS = ("name", "description", "data", "model", "train", "sweep")
 SWEEP_AXES = ("weight_scale", "dropout", "learning_rate", "bn_momentum")
 """Numeric hyperparameters an ensemble sweeps as data (one compiled program for all their values)."""
@@ -283,12 +285,16 @@ class StudyConfig:
     Attributes:
       study: name, description and analysis module.
       variants: the programs to train, in config order.
+      parallel: ``[parallel]``, how every variant's ensemble is spread over the devices
+        (:class:`bnjax.train.Parallel`: ``members``, ``data``, ``sync_bn``); it does not change the results
+        beyond float summation order, so a run may resume with another layout.
       raw: the TOML tables after overrides (what ``config.json`` stores; parsing it again gives this config).
       root: the directory ``study.analysis`` is resolved against (the project root).
     """
 
     study: StudyInfo
     variants: tuple[Variant, ...]
+    parallel: Parallel = field(default_factory=Parallel)
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
     root: Path = field(default=Path("."), compare=False)
 
@@ -417,6 +423,7 @@ def parse_config(raw: Mapping[str, Any], *, root: str | Path = ".", source: str 
         if "study" not in raw:
             raise ConfigError("[study] is missing; every config needs at least [study] name = \"...\".")
         study = build(StudyInfo, "study", raw["study"])
+        parallel = build(Parallel, "parallel", raw.get("parallel", {}))
         for sec in ("data", "model", "train", "sweep"):
             if not isinstance(raw.get(sec, {}), dict):
                 raise ConfigError(f"[{sec}] must be a table, got {raw[sec]!r}.")
@@ -453,7 +460,7 @@ def parse_config(raw: Mapping[str, Any], *, root: str | Path = ".", source: str 
             variants.append(_build_variant(prefix, name, description, tables, root))
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    return StudyConfig(study=study, variants=tuple(variants), raw=raw, root=root)
+    return StudyConfig(study=study, variants=tuple(variants), parallel=parallel, raw=raw, root=root)
 
 
 def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
@@ -495,9 +502,10 @@ def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[st
                               f"variants.NAME.section.key.")
         sec, key = path
         if sec not in SECTIONS or sec == "variants":
-            raise ConfigError(f"--set {text!r}: unknown table {sec!r}; use one of study, data, model, train, sweep.")
+            raise ConfigError(f"--set {text!r}: unknown table {sec!r}; use one of study, data, model, train, sweep, "
+                              f"parallel.")
         out.setdefault(sec, {})[key] = value
-        for v in out.get("variants", []):
+        for v in out.get("variants", []) if sec != "parallel" else []:
             if isinstance(v, dict) and isinstance(v.get(sec), dict) and key in v[sec]:
                 v[sec][key] = value
     return out

@@ -15,6 +15,7 @@ need the trained parameters (e.g. recomputed BN statistics); they are saved in `
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -33,6 +34,7 @@ from bnjax._typing import Layer
 from bnjax.data import Dataset
 from bnjax.nn import MLPSpec
 from bnjax.run import _rundir
+from bnjax.run._processes import agree, from_writer, is_writer
 from bnjax.run.config import ConfigError, FactoryModel, StudyConfig, Variant, load_config
 from bnjax.run.progress import EpochBar
 from bnjax.run.report import load_analysis, write_report
@@ -44,8 +46,9 @@ from bnjax.run.results import (
     save_variant,
     variant_dir,
 )
-from bnjax.train import EnsembleResult, TrainConfig, train_ensemble
+from bnjax.train import EnsembleResult, Parallel, TrainConfig, train_ensemble
 from bnjax.train._ensemble import check_inputs
+from bnjax.train._sharded import make_layout
 
 __all__ = ["TrainedVariant", "build_model", "default_out_dir", "load_results", "rebuild_report", "run_study"]
 
@@ -90,13 +93,18 @@ def default_out_dir(config: StudyConfig, base: str | Path = "runs") -> Path:
     return Path(base) / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def _device() -> str:
+def _device(parallel: Parallel | None = None) -> str:
     import jax
 
     d = jax.devices()[0]
     kind = getattr(d, "device_kind", d.platform)
     name = d.platform if kind == d.platform else f"{d.platform} ({kind})"
-    return f"{name}, {jax.device_count()} device(s), {os.cpu_count()} CPU core(s), jax {jax.__version__}"
+    procs = f" in {jax.process_count()} processes" if jax.process_count() > 1 else ""
+    layout = ""
+    if parallel is not None and jax.device_count() > 1:
+        layout = f", [parallel] members={parallel.members} data={parallel.data} sync_bn={parallel.sync_bn}"
+    return (f"{name}, {jax.device_count()} device(s){procs}, {os.cpu_count()} CPU core(s), jax {jax.__version__}"
+            f"{layout}")
 
 
 def _metric_line(variant: str, k: int, member: dict[str, Any], epoch: int, values: dict[str, Any]) -> dict:
@@ -107,46 +115,58 @@ def _metric_line(variant: str, k: int, member: dict[str, Any], epoch: int, value
     return line
 
 
-def _check_variant(variant: Variant, data: Dataset) -> None:
+def _check_variant(parallel: Parallel, variant: Variant, data: Dataset) -> None:
     # What train_ensemble would refuse, checked before the results directory is touched.
     check_inputs(build_model(variant, data), variant.train, data, variant.sweep.members())
+    try:
+        make_layout(parallel, variant.sweep.num_members, variant.train.batch_size)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _train_variant(
     variant: Variant,
     data: Dataset,
     out: Path,
-    log: _rundir.MetricsLog,
+    log: _rundir.MetricsLog | None,
     module: types.ModuleType | None,
     *,
     resume: bool,
     progress: bool,
-) -> VariantResult:
+    parallel: Parallel | None = None,
+) -> VariantResult | None:
+    """Trains one variant and saves it; in a multi-process run every process trains, only process 0 (the one
+    with a ``log``) writes, and the others return None."""
+    writer = log is not None
     model = build_model(variant, data)
     cfg = variant.train
     members = variant.sweep.members()
     swept = [{a: members[a][k] for a in members} for k in range(len(members["seed"]))]
     vdir = variant_dir(out, variant.name)
-    vdir.mkdir(parents=True, exist_ok=True)
-    built = {"mlp_spec": dataclasses.asdict(model)} if isinstance(model, MLPSpec) else {"layer": model.name}
-    (vdir / "spec.json").write_text(json.dumps(jsonable({
-        **variant.to_dict(), **built, "dataset": data.describe(), "preprocessing": dict(data.preprocessing),
-    }), indent=1))
+    if writer:
+        vdir.mkdir(parents=True, exist_ok=True)
+        built = {"mlp_spec": dataclasses.asdict(model)} if isinstance(model, MLPSpec) else {"layer": model.name}
+        (vdir / "spec.json").write_text(json.dumps(jsonable({
+            **variant.to_dict(), **built, "dataset": data.describe(), "preprocessing": dict(data.preprocessing),
+        }), indent=1))
     ckpt = out / "checkpoints" / variant.name
 
     t0 = time.perf_counter()
-    with EpochBar(variant.name, cfg.epochs, len(swept), enabled=progress) as bar:
+    with EpochBar(variant.name, cfg.epochs, len(swept), enabled=progress and writer) as bar:
         def callback(epoch: int, metrics: dict[str, np.ndarray]) -> None:
-            log.write([_metric_line(variant.name, k, m, epoch, metrics) for k, m in enumerate(swept)])
+            if log is not None:
+                log.write([_metric_line(variant.name, k, m, epoch, metrics) for k, m in enumerate(swept)])
             bar.update(epoch, metrics)
 
         result = train_ensemble(model, cfg, data, members, callback=callback, checkpoint_dir=str(ckpt),
-                                resume=resume)
+                                resume=resume, parallel=parallel)
     resolved = result.members
 
     extras: dict[str, Any] = {}
     if module is not None and callable(getattr(module, "post_train", None)):
         extras = module.post_train(TrainedVariant(variant, model, cfg, data, result)) or {}
+    if not writer:
+        return None
     wall = time.perf_counter() - t0
     vr = VariantResult(
         name=variant.name, members=resolved, axes=variant.sweep.axes, history=result.history,
@@ -168,7 +188,7 @@ def run_study(
     command: str | None = None,
     source: str | Path | None = None,
     log: Callable[[str], None] | None = None,
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, dict[str, Any] | None]:
     """Trains every variant of ``config``, then writes plots, ``summary.json`` and ``report.md``.
 
     Args:
@@ -182,7 +202,8 @@ def run_study(
       log: where status lines go (default: stderr).
 
     Returns:
-      ``(out_dir, summary)``; ``summary`` is what ``summary.json`` holds (claims with verdicts, final numbers).
+      ``(out_dir, summary)``; ``summary`` is what ``summary.json`` holds (claims with verdicts, final numbers),
+      or None on the processes other than process 0 of a multi-process run (they train; process 0 writes).
 
     Raises:
       ConfigError: bad data or settings (checked against the loaded data before anything is written).
@@ -192,24 +213,46 @@ def run_study(
     """
     say = log or (lambda s: print(s, file=sys.stderr))
     out = Path(out_dir) if out_dir is not None else default_out_dir(config)
-    # Everything that can refuse the run does so before the directory is touched (see bnjax/run/_rundir.py).
-    plan = _rundir.plan_run(out, config, resume=resume)
-    module = _rundir.check_analysis(config.analysis_path)
-    for variant in config.variants:  # a missing model file or function fails here, before any training
-        if isinstance(variant.model, FactoryModel):
-            try:
-                variant.model.load()
-            except ConfigError as e:
-                raise ConfigError(f"variant {variant.name!r}: {e}") from None
-    datasets = _rundir.load_and_check([v for v in config.variants if v.name not in plan.finished], _check_variant)
-    with _rundir.RunDir(plan, config, command=command, source=source, device=_device(),
+    writer = is_writer()
+
+    # Everything that can refuse the run does so before the directory is touched (see bnjax/run/_rundir.py); in
+    # a multi-process run every process checks and they agree (bnjax/run/_processes.py), process 0 alone
+    # plans and writes the results directory.
+    def prepare() -> tuple[_rundir.RunPlan | None, Any]:
+        plan = _rundir.plan_run(out, config, resume=resume) if writer else None
+        module = _rundir.check_analysis(config.analysis_path)
+        for variant in config.variants:  # a missing model file or function fails here, before any training
+            if isinstance(variant.model, FactoryModel):
+                try:
+                    variant.model.load()
+                except ConfigError as e:
+                    raise ConfigError(f"variant {variant.name!r}: {e}") from None
+        return plan, module
+
+    plan, module = agree(f"checking the config and --out {out}", prepare)
+    names = [v.name for v in config.variants]
+    mine = np.array([plan is not None and n in plan.finished for n in names] + [plan is not None and plan.resume])
+    shared = from_writer(mine.astype(np.int32)).astype(bool)
+    finished = {n for n, done in zip(names, shared[:-1]) if done}
+    train_resume = bool(shared[-1])
+    check = functools.partial(_check_variant, config.parallel)
+    datasets = agree("loading and checking the data",
+                     lambda: _rundir.load_and_check([v for v in config.variants if v.name not in finished], check))
+    if not writer:
+        for variant in config.variants:
+            if variant.name not in finished:
+                _train_variant(variant, datasets[variant.data], out, None, module, resume=train_resume,
+                               progress=False, parallel=config.parallel)
+        return out, None
+    assert plan is not None
+    with _rundir.RunDir(plan, config, command=command, source=source, device=_device(config.parallel),
                         python=platform.python_version(), say=say) as run:
         for variant in config.variants:
-            if variant.name in plan.finished:
+            if variant.name in finished:
                 say(f"{variant.name}: finished in an earlier run, kept")
                 continue
-            _train_variant(variant, datasets[variant.data], out, run.metrics, module, resume=plan.resume,
-                           progress=progress)
+            _train_variant(variant, datasets[variant.data], out, run.metrics, module, resume=train_resume,
+                           progress=progress, parallel=config.parallel)
         try:
             (out / "checkpoints").rmdir()  # only when every variant finished and removed its checkpoint
         except OSError:

@@ -45,7 +45,8 @@ class Parallel:
 
     Attributes:
       members: devices the members are split over (their leading axis sharded), or ``"auto"`` (default): all
-        devices left after ``data``, at most one per member (members beyond a multiple of it are padded).
+        devices left after ``data``, at most one per member in a single process (a member count that is not a
+        multiple of it is padded with copies whose results are dropped).
       data: devices each member's batch is split over (data parallel; the batch size must divide by it).
       sync_bn: with ``data > 1``: True (default) -- batch norm uses the statistics of the whole global batch
         (count-weighted over the devices, equal to one device's); False -- each device normalises with its own
@@ -118,7 +119,10 @@ def make_layout(parallel: Parallel, num_members: int, batch_size: int,
         fits = [d for d in range(1, n + 1) if batch_size % d == 0]
         raise ValueError(f"parallel.data = {data} does not divide train.batch_size = {batch_size} (every device "
                          f"takes an equal share of the batch); use one of {fits} or another batch size.")
-    members = min(n // data, num_members) if parallel.members == "auto" else parallel.members
+    if parallel.members == "auto":  # several processes: every device must hold part of the mesh
+        members = n // data if jax.process_count() > 1 else min(n // data, num_members)
+    else:
+        members = parallel.members
     if members * data > n:
         raise ValueError(f"parallel.members = {members} x parallel.data = {data} needs {members * data} devices, "
                          f"there are {n}; lower them so that members x data <= {n}.")
