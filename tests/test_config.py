@@ -106,6 +106,14 @@ def test_sweep_members_are_the_cartesian_product_with_seed_fastest():
                              r"group_size"),
         ("model.groups=0", r"model\.groups = 0 must be a positive int"),
         ("model.renorm_rmax=0.5", r"model\.renorm_rmax = 0\.5 must be a number >= 1"),
+        ("parallel.members=0", r"parallel\.members = 0 must be a positive int \(devices the members are split over\) "
+                               r"or 'auto'"),
+        ("parallel.members=half", r"parallel\.members = 'half' is not valid: expected an integer or one of 'auto'"),
+        ("parallel.data=0", r"parallel\.data = 0 must be a positive int"),
+        ("parallel.data=1.5", r"parallel\.data = 1\.5 has the wrong type: expected an integer"),
+        ("parallel.sync_bn=1", r"parallel\.sync_bn = 1 has the wrong type: expected a boolean"),
+        ("parallel.devices=2", r"parallel\.devices is not a known key; valid keys in \[parallel\]: members, data, "
+                               r"sync_bn"),
     ],
 )
 def test_errors_name_the_key_the_value_and_the_choices(override, match):
@@ -125,6 +133,17 @@ def test_structural_errors():
         parse_config({**BASE, "variants": [{"name": "a", "colour": 1}]})
     with pytest.raises(ConfigError, match=r"variants must be an array of tables"):
         parse_config({**BASE, "variants": {"name": "a"}})
+
+
+def test_parallel_table_is_one_layout_for_the_study():
+    from bnjax.train import Parallel
+
+    assert parse_config(BASE).parallel == Parallel(members="auto", data=1, sync_bn=True)
+    c = parse_config(apply_overrides(BASE, ["parallel.members=2", "parallel.data=2", "parallel.sync_bn=false"]))
+    assert c.parallel == Parallel(members=2, data=2, sync_bn=False)
+    assert all(v.train == parse_config(BASE).variant(v.name).train for v in c.variants)  # variants untouched
+    with pytest.raises(ConfigError, match=r"variants\[0\]\.parallel is not a known key"):
+        parse_config({**BASE, "variants": [{"name": "a", "parallel": {"data": 2}}]})
 
 
 def test_override_values_are_toml_literals_or_bare_words():

@@ -345,15 +345,22 @@ def _compiled_epoch(
 @functools.lru_cache(maxsize=16)
 def _sharded_programs(
     model: Model, cfg: TrainConfig, eval_cfg: TrainConfig, layout: Layout, num_train: int, shared: bool,
-    use_dropout: bool,
-) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """The jitted epoch and evaluation of ``layout`` (compiled on first call), cached like
-    :func:`_compiled_epoch`."""
+    use_dropout: bool, options: tuple[str, ...], x_aval: jax.ShapeDtypeStruct,
+) -> tuple[Any, Callable[..., Any]]:
+    """The compiled epoch and the jitted evaluation of ``layout``, cached like :func:`_compiled_epoch`."""
     epoch = jax.jit(make_sharded_epoch_fn(model, cfg, layout, num_train=num_train, shared_batches=shared,
                                           use_dropout=use_dropout), donate_argnums=0)
     local = make_eval_fn(model, eval_cfg, num_members=layout.local_members,
                          precise_batches=eval_cfg.precise_bn_batches)
-    return epoch, jax.jit(make_sharded_eval_fn(local, layout))
+    template = Member(seed=0, learning_rate=1.0, **{k: 0.5 for k in options})
+    members, replicated = layout.member_sharding(), layout.sharding()
+    states = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=members),
+                          jax.eval_shape(lambda: init_ensemble(model, cfg, [template] * layout.padded_members)))
+    x = jax.ShapeDtypeStruct(x_aval.shape, x_aval.dtype, sharding=replicated)
+    y = jax.ShapeDtypeStruct((x_aval.shape[0],), jnp.int32, sharding=replicated)
+    key = jax.eval_shape(lambda: shared_shuffle_key(0))
+    key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=replicated)
+    return epoch.lower(states, x, y, key).compile(), jax.jit(make_sharded_eval_fn(local, layout))
 
 
 def _broadcast_payload(payload: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -576,7 +583,8 @@ def train_ensemble(
             (inputs["x"], inputs["y"], inputs["sets"], inputs["precise_x"]), replicated)
         shuffle_key = to_devices(jax.device_get(shared_shuffle_key(cfg.seed)), replicated)
         compiled, eval_fn = _sharded_programs(program, _program_cfg(cfg), _program_cfg(cfg, eval_fields=True),
-                                              layout, n_train, shared_batches, use_dropout)
+                                              layout, n_train, shared_batches, use_dropout, options,
+                                              jax.ShapeDtypeStruct(x_dev.shape, x_dev.dtype))
     compile_seconds = time.perf_counter() - t0
 
     def host_states() -> TrainState:
