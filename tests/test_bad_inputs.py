@@ -336,7 +336,7 @@ def test_a_bug_is_not_disguised_as_bad_input(tmp_path, monkeypatch):
     (tmp_path / "configs").mkdir()
     (tmp_path / "configs" / "bad.toml").write_text(toml(BASE))
 
-    def broken(variant, data):
+    def broken(*args):
         raise ZeroDivisionError("a bug")
 
     monkeypatch.setattr(runner, "_check_variant", broken)

@@ -180,6 +180,18 @@ def error(parallel, config=cfg):
     return None
 
 
+# Ghost BN (per-example chunks of 5 rows): each device's 25 rows are 5 whole ghost batches of the global batch, so
+# data parallelism computes what one device computes.
+ghost = spec.replace(norm="ghost", virtual_batch_size=5)
+out["ghost_data2"] = compare(train_ensemble(ghost, cfg, data, first(2), parallel=Parallel(members=1, data=2)),
+                             train_ensemble(ghost, cfg, data, first(2)))
+out["ghost_error"] = None
+try:
+    train_ensemble(spec.replace(norm="ghost", virtual_batch_size=10), cfg, data, first(2),
+                   parallel=Parallel(members=1, data=2))
+except ValueError as e:
+    out["ghost_error"] = str(e)
+
 out["errors"] = {
     "batch": error(Parallel(members=1, data=4)),
     "too_many": error(Parallel(members=3, data=2)),
@@ -280,6 +292,12 @@ def test_sharded_checkpoint_resumes_on_one_device(results):
     assert r["epochs_trained"] == [2], r
     _assert_matches(r, 3)
     _assert_matches(results["two_epochs_vs_one_device"], 3)
+
+
+def test_ghost_bn_with_data_parallel_equals_one_device(results):
+    _assert_matches(results["ghost_data2"], 2)
+    e = results["ghost_error"]
+    assert e is not None and "virtual_batch_size = 10" in e and "parallel.data = 2" in e and "25 rows" in e
 
 
 def test_layouts_that_do_not_fit_name_the_keys(results):

@@ -134,7 +134,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
-def _checkpoint_files(out: Path) -> list[Path]:
+def checkpoint_files(out: Path) -> list[Path]:
     d = out / CHECKPOINTS
     return sorted(d.glob("*/checkpoint*.msgpack")) if d.is_dir() else []
 
@@ -160,8 +160,8 @@ def inspect_run_dir(out: Path) -> RunDirState:
                                 and not (out / CHECKPOINTS).exists()):
         return RunDirState("complete", finished, started)
     metrics = out / METRICS_FILE
-    if finished or _checkpoint_files(out) or (metrics.is_file() and metrics.stat().st_size > 0):
-        saved = f"{len(finished)} variant(s) finished" + (", a checkpoint saved" if _checkpoint_files(out) else "")
+    if finished or checkpoint_files(out) or (metrics.is_file() and metrics.stat().st_size > 0):
+        saved = f"{len(finished)} variant(s) finished" + (", a checkpoint saved" if checkpoint_files(out) else "")
         return RunDirState("interrupted", finished, f"{started}, {saved}")
     return RunDirState("failed", finished, started)
 

@@ -245,8 +245,12 @@ def main(argv: list[str] | None = None) -> int:
     except RunInterrupted as e:
         how = "Ctrl-C" if e.exit_code == 130 else e.args[0]
         if e.resumable:
-            print(f"{name}: interrupted ({how}) {e.detail}; the metrics and the last complete epoch's checkpoint "
-                  f"are saved in {e.out}.\nresume with: {_resume_command(args)}", file=sys.stderr)
+            from bnjax.run._rundir import checkpoint_files
+
+            kept = ("the metrics and the last complete epoch's checkpoint are" if checkpoint_files(e.out) else
+                    "the metrics so far are (no epoch of this variant finished, so it restarts from its first epoch)")
+            print(f"{name}: interrupted ({how}) {e.detail}; {kept} saved in {e.out}.\nresume with: "
+                  f"{_resume_command(args)}", file=sys.stderr)
         else:
             print(f"{name}: interrupted ({how}) {e.detail}; nothing was kept in {e.out}.", file=sys.stderr)
         return e.exit_code

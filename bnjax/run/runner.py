@@ -48,7 +48,6 @@ from bnjax.run.results import (
 )
 from bnjax.train import EnsembleResult, Parallel, TrainConfig, train_ensemble
 from bnjax.train._ensemble import check_inputs
-from bnjax.train._sharded import make_layout
 
 __all__ = ["TrainedVariant", "build_model", "default_out_dir", "load_results", "rebuild_report", "run_study"]
 
@@ -117,11 +116,7 @@ def _metric_line(variant: str, k: int, member: dict[str, Any], epoch: int, value
 
 def _check_variant(parallel: Parallel, variant: Variant, data: Dataset) -> None:
     # What train_ensemble would refuse, checked before the results directory is touched.
-    check_inputs(build_model(variant, data), variant.train, data, variant.sweep.members())
-    try:
-        make_layout(parallel, variant.sweep.num_members, variant.train.batch_size)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
+    check_inputs(build_model(variant, data), variant.train, data, variant.sweep.members(), parallel)
 
 
 def _train_variant(

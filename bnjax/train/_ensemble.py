@@ -437,12 +437,25 @@ def _loop_inputs(m: Model, cfg: TrainConfig, data: Any) -> dict[str, Any]:
     return {"x": x_tr, "y": y_tr, "sets": sets, "precise_x": precise_x}
 
 
-def check_inputs(model: Any, cfg: TrainConfig, data: DatasetLike, members: Any = None) -> None:
+def _check_layout(m: Model, cfg: TrainConfig, layout: Layout) -> None:
+    """What the model needs of a layout: ghost batches must be whole chunks of each device's rows."""
+    if m.spec is not None and m.spec.norm == "ghost":
+        rows, v = cfg.batch_size // layout.data, m.spec.virtual_batch_size
+        if rows % v:
+            raise ValueError(f"train_ensemble: model.virtual_batch_size = {v} does not divide the {rows} rows each "
+                             f"device takes of a batch (train.batch_size = {cfg.batch_size} over parallel.data = "
+                             f"{layout.data}); ghost batches are chunks of a device's rows: use a divisor of {rows}.")
+
+
+def check_inputs(model: Any, cfg: TrainConfig, data: DatasetLike, members: Any = None,
+                 parallel: Parallel | None = None) -> None:
     """Raises the ValueError/TypeError :func:`train_ensemble` would raise for these arguments, without training
     (a runner calls it before writing anything)."""
     m = as_model(model, "train_ensemble")
-    resolve_members(m, cfg, members)
+    resolved = resolve_members(m, cfg, members)
     _loop_inputs(m, cfg, data)
+    if parallel is not None:
+        _check_layout(m, cfg, make_layout(parallel, len(resolved), cfg.batch_size))
 
 
 @dataclass(frozen=True)
@@ -538,6 +551,8 @@ def train_ensemble(
     layout = make_layout(parallel, k_members, cfg.batch_size) if parallel is not None else None
     if layout is not None and layout.single_device and jax.process_count() == 1:
         layout = None
+    if layout is not None:
+        _check_layout(m, cfg, layout)
     writer = jax.process_index() == 0
 
     states = init_ensemble(m, cfg, resolved)
