@@ -223,7 +223,11 @@ def bench_bn_layer(shapes=((256, 1024), (4096, 1024)), *, rounds: int, calls: in
 def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str | Path | None = None,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs every benchmark on each device (default: the CPU, plus the default device if it is not a CPU),
-    prints tables and writes JSON to ``out`` (a file path) when given. ``quick`` shortens every part."""
+    prints tables and writes JSON to ``out`` (a file path) when given. ``quick`` shortens every part.
+
+    Parts per device: ``steps`` (bnjax vs hand-written JAX vs flax.linen), ``epoch`` (``lax.scan`` vs a Python
+    loop), ``ensemble`` (vmapped K members), ``bf16`` (bfloat16 vs float32 step), ``parallel`` (an ensemble on
+    two devices vs one, :func:`parallel_part`), ``bn_layer`` (analytic vs autodiff backward)."""
     if devices is None:
         devices = [jax.devices("cpu")[0]]
         if jax.devices()[0].platform != "cpu":
@@ -231,7 +235,8 @@ def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str
     rounds, calls = (2, 5) if quick else (7, 30)
     result: dict[str, Any] = {
         "jax": jax.__version__, "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "by_device": {},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "cpu_count": os.cpu_count(),
+        "load_average_start": _load_average(), "by_device": {},
     }
     for dev in devices:
         name = f"{dev.platform}:{getattr(dev, 'device_kind', '')}".rstrip(":")
@@ -252,14 +257,17 @@ def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str
             r["parallel"] = parallel_part(dev, quick=quick, log=log)
             if r["parallel"]["rows"]:
                 log(_table(r["parallel"]["rows"], ["kind", "num_members", "members", "data", "shared_batches",
-                                                   "one_device_ms", "parallel_ms", "parallel_ex_per_s",
-                                                   "throughput_ratio"]))
+                                                   "one_device_ms", "parallel_ms", "one_device_ex_per_s",
+                                                   "parallel_ex_per_s", "throughput_ratio"]))
             else:
                 log(f"parallel: skipped ({r['parallel']['skipped']})\n")
             r["bn_layer"] = bench_bn_layer(((256, 1024),) if quick else ((256, 1024), (4096, 1024)),
                                            rounds=rounds, calls=calls)
             log(_table(r["bn_layer"], ["shape", "analytic_us", "autodiff_us", "analytic_vs_autodiff"]))
         result["by_device"][name] = r
+    result["load_average_end"] = _load_average()
+    log(f"load average (1, 5, 15 min): {result['load_average_start']} at the start, {result['load_average_end']} "
+        f"at the end")
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -268,6 +276,14 @@ def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str
         tmp.replace(out)
         log(f"saved {out}")
     return result
+
+
+def _load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none): other jobs on the machine skew timings."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
