@@ -5,6 +5,7 @@ import json
 import pytest
 
 from bnjax.run import bench
+from bnjax.run._bench_parallel import ParallelCase, run_cpu_subprocess
 from bnjax.run._timing import time_interleaved
 
 
@@ -38,4 +39,34 @@ def test_run_bench_quick_writes_json(tmp_path):
     saved = json.loads(out.read_text())
     assert saved["by_device"].keys() == result["by_device"].keys()
     (dev,) = saved["by_device"].values()
-    assert {"steps", "epoch", "ensemble", "bn_layer"} <= set(dev)
+    assert {"steps", "epoch", "ensemble", "bf16", "bn_layer", "parallel"} <= set(dev)
+    rows = dev["parallel"]["rows"]
+    assert [(r["kind"], r["num_members"], r["shared_batches"]) for r in rows] == [
+        ("members", 16, False), ("members", 16, True), ("data", 1, False), ("data", 16, False)]
+    assert all(r["throughput_ratio"] > 0 for r in rows) and dev["bf16"][0]["bf16_vs_f32"] > 0
+
+
+def test_bf16_row_tiny():
+    (r,) = bench.bench_bf16([bench.Workload("tiny", 12, (8, 8), 6)], rounds=1, calls=1)
+    assert r["workload"] == "tiny" and r["f32_ms"] > 0 and r["bf16_ms"] > 0
+    assert r["bf16_vs_f32"] == pytest.approx(r["bf16_ms"] / r["f32_ms"])
+
+
+def test_parallel_subprocess_two_cpu_devices_tiny(monkeypatch):
+    # An XLA_FLAGS already set is kept and the device count appended after it (the last one wins).
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=1")
+    cases = [ParallelCase("members", 2, 2, 1, False), ParallelCase("data", 2, 1, 2, False)]
+    rows = run_cpu_subprocess(in_features=12, hidden=(8, 8), batch=6, steps=3, rounds=1, cases=cases, timeout=120)
+    assert [(r["kind"], r["members"], r["data"], r["devices"]) for r in rows] == [("members", 2, 1, 2),
+                                                                                  ("data", 1, 2, 2)]
+    for r in rows:
+        assert r["one_device_ms"] > 0 and r["parallel_ms"] > 0
+        assert r["throughput_ratio"] == pytest.approx(r["one_device_ms"] / r["parallel_ms"])
+        assert r["parallel_ex_per_s"] == pytest.approx(2 * 3 * 6 / (r["parallel_ms"] / 1e3))
+    # Both rows compare against the same single-device program of the 2-member ensemble.
+    assert rows[0]["one_device_ms"] == rows[1]["one_device_ms"]
+
+
+def test_parallel_subprocess_failure_shows_the_child_error():
+    with pytest.raises(RuntimeError, match=r"parallel benchmark process failed(.|\n)*no_such_option"):
+        run_cpu_subprocess(no_such_option=1, timeout=120)

@@ -2,12 +2,16 @@
 
 Everything is timed in one process, interleaved round by round (:func:`time_interleaved`), and reported
 as medians over rounds plus ratios measured in the same run. On a machine with an accelerator the suite
-runs on the CPU and on the accelerator, and every figure names its device.
+runs on the CPU and on the accelerator, and every figure names its device. The parallel part (an ensemble
+sharded over two devices against one device) needs two CPU devices, which JAX fixes when it starts: on the
+CPU it runs in a child process of its own (:mod:`bnjax.run._bench_parallel`), its two programs still
+interleaved there.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from dataclasses import dataclass
@@ -19,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnjax.nn import MLPSpec, batch_norm, batch_norm_init
+from bnjax.run._bench_parallel import bench_parallel, run_cpu_subprocess
 from bnjax.run._bench_refs import flax_linen_step, purejax_step
 from bnjax.run._timing import time_interleaved
 from bnjax.train import TrainConfig, init_ensemble, init_train_state, make_epoch_fn, make_train_step, resolve_members
@@ -150,6 +155,48 @@ def bench_ensemble(ks=(1, 4, 16, 64), *, rounds: int, steps: int = 20) -> list[d
     return rows
 
 
+def bench_bf16(workloads=(STEP_WORKLOADS[0], STEP_WORKLOADS[4]), *, rounds: int, calls: int
+               ) -> list[dict[str, Any]]:
+    """bnjax's training step with ``TrainConfig(compute_dtype="bfloat16")`` (bf16 matmuls and activations,
+    float32 parameters, optimizer and BN statistics) against float32, interleaved; ``bf16_vs_f32`` is the
+    time ratio (below 1: bf16 is faster)."""
+    rows = []
+    for w in workloads:
+        x, y = _batch(w)
+        spec, cfg = _spec_cfg(w)
+        fns = {}
+        for dtype in ("float32", "bfloat16"):
+            c = cfg.replace(compute_dtype=dtype)
+            step = jax.jit(make_train_step(spec, c, steps_per_epoch=1), donate_argnums=0)
+            fns[dtype] = _stateful(step, init_train_state(spec, c, seed=0), (x, y))
+        t = time_interleaved(fns, rounds=rounds, calls=calls)
+        f32, bf16 = t["float32"]["median_s"], t["bfloat16"]["median_s"]
+        rows.append({"workload": w.name, "batch": w.batch, "f32_ms": f32 * 1e3, "bf16_ms": bf16 * 1e3,
+                     "bf16_vs_f32": bf16 / f32})
+    return rows
+
+
+def parallel_part(dev: Any, *, quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The parallel rows for the platform of ``dev``: the 16-member CS231n ensemble (batch 50) sharded over
+    two devices vs one, own and shared batch order, and data parallel over two devices (one member, and the
+    ensemble). On the CPU in a child process with two CPU devices; on an accelerator over two of its devices,
+    or ``{"skipped": reason}`` when it has one."""
+    options = {"steps": 5 if quick else 20, "rounds": 2 if quick else 7}
+    if dev.platform == "cpu":
+        cache = jax.config.jax_compilation_cache_dir
+        rows = run_cpu_subprocess(compile_cache=cache, **options)
+        where = f"2 CPU devices (--xla_force_host_platform_device_count=2) on {os.cpu_count()} cores"
+    else:
+        same = jax.devices(dev.platform)
+        if len(same) < 2:
+            return {"skipped": f"one {dev.platform} device: sharding needs two", "rows": []}
+        with jax.default_device(same[0]):
+            rows = bench_parallel(same[:2], **options)
+        where = f"2 {dev.platform} devices"
+    log(f"parallel: {where}, one epoch program of {options['steps']} steps, 2 devices vs 1")
+    return {"where": where, **options, "rows": rows}
+
+
 def bench_bn_layer(shapes=((256, 1024), (4096, 1024)), *, rounds: int, calls: int) -> list[dict[str, Any]]:
     """Batch norm alone, train-mode forward + backward (VJP against a fixed cotangent), analytic vs autodiff."""
     rows = []
@@ -176,7 +223,11 @@ def bench_bn_layer(shapes=((256, 1024), (4096, 1024)), *, rounds: int, calls: in
 def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str | Path | None = None,
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs every benchmark on each device (default: the CPU, plus the default device if it is not a CPU),
-    prints tables and writes JSON to ``out`` (a file path) when given. ``quick`` shortens every part."""
+    prints tables and writes JSON to ``out`` (a file path) when given. ``quick`` shortens every part.
+
+    Parts per device: ``steps`` (bnjax vs hand-written JAX vs flax.linen), ``epoch`` (``lax.scan`` vs a Python
+    loop), ``ensemble`` (vmapped K members), ``bf16`` (bfloat16 vs float32 step), ``parallel`` (an ensemble on
+    two devices vs one, :func:`parallel_part`), ``bn_layer`` (analytic vs autodiff backward)."""
     if devices is None:
         devices = [jax.devices("cpu")[0]]
         if jax.devices()[0].platform != "cpu":
@@ -184,7 +235,8 @@ def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str
     rounds, calls = (2, 5) if quick else (7, 30)
     result: dict[str, Any] = {
         "jax": jax.__version__, "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
-        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "by_device": {},
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "cpu_count": os.cpu_count(),
+        "load_average_start": _load_average(), "by_device": {},
     }
     for dev in devices:
         name = f"{dev.platform}:{getattr(dev, 'device_kind', '')}".rstrip(":")
@@ -199,10 +251,23 @@ def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str
             r["ensemble"] = bench_ensemble((1, 4) if quick else (1, 4, 16, 64), rounds=rounds, steps=5 if quick else 20)
             log(_table(r["ensemble"], ["K", "shared_batches", "member_step_ms", "single_step_ms", "vs_single_step",
                                        "vs_K1_epoch"]))
+            r["bf16"] = bench_bf16(STEP_WORKLOADS[:1] if quick else (STEP_WORKLOADS[0], STEP_WORKLOADS[4]),
+                                   rounds=rounds, calls=calls)
+            log(_table(r["bf16"], ["workload", "f32_ms", "bf16_ms", "bf16_vs_f32"]))
+            r["parallel"] = parallel_part(dev, quick=quick, log=log)
+            if r["parallel"]["rows"]:
+                log(_table(r["parallel"]["rows"], ["kind", "num_members", "members", "data", "shared_batches",
+                                                   "one_device_ms", "parallel_ms", "one_device_ex_per_s",
+                                                   "parallel_ex_per_s", "throughput_ratio"]))
+            else:
+                log(f"parallel: skipped ({r['parallel']['skipped']})\n")
             r["bn_layer"] = bench_bn_layer(((256, 1024),) if quick else ((256, 1024), (4096, 1024)),
                                            rounds=rounds, calls=calls)
             log(_table(r["bn_layer"], ["shape", "analytic_us", "autodiff_us", "analytic_vs_autodiff"]))
         result["by_device"][name] = r
+    result["load_average_end"] = _load_average()
+    log(f"load average (1, 5, 15 min): {result['load_average_start']} at the start, {result['load_average_end']} "
+        f"at the end")
     if out is not None:
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -211,6 +276,14 @@ def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str
         tmp.replace(out)
         log(f"saved {out}")
     return result
+
+
+def _load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the OS has none): other jobs on the machine skew timings."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:
