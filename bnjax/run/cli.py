@@ -184,7 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", parents=[common],
                        help="time bnjax against hand-written JAX and flax.linen (steps, epochs, ensembles, the BN "
-                            "layer); prints medians and ratios, saves JSON")
+                            "layer), bfloat16 vs float32, and ensembles sharded over 2 devices vs 1; prints medians "
+                            "and ratios, saves JSON")
     p.add_argument("--quick", action="store_true", help="one workload per part and few rounds (a smoke run)")
     p.add_argument("--out", default=None, help="JSON file (default bench_results/bench-<time>.json)")
     p.add_argument("--no-compile-cache", action="store_true",
