@@ -19,12 +19,20 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-__all__ = ["CHILD_ENV", "is_child", "run_supervised", "watch_parent"]
+__all__ = ["CHILD_ENV", "PEER_FAILURE", "is_child", "is_peer_failure", "run_supervised", "watch_parent"]
+
+# Words of the errors a collective raises when a peer process is gone (gloo's transport, the coordination
+# service's barriers and heartbeats).
+_PEER_WORDS = ("Gloo", "gloo", "heartbeat", "Connection reset", "Barrier failed", "UNAVAILABLE", "coordination")
 
 CHILD_ENV = "BNJAX_SUPERVISED_CHILD"
 
 # Lines of JAX's distributed runtime that mean "this process was stopped because the run cannot go on".
+PEER_FAILURE = "bnjax-peer-failure:"
+"""What the child prints (then exits 2) when a collective with another process failed in Python."""
+
 _FATAL_MARKERS = (
+    PEER_FAILURE,
     "JAX distributed service detected fatal errors",
     "stopped sending heartbeats",
     "Terminating process because",
@@ -35,6 +43,11 @@ _UNREACHABLE_MARKERS = ("RegisterTask", "DEADLINE_EXCEEDED")
 def is_child() -> bool:
     """Whether this process is the supervised child of a multi-process ``bnjax run``."""
     return os.environ.get(CHILD_ENV) == "1"
+
+
+def is_peer_failure(e: BaseException) -> bool:
+    """Whether ``e`` is JAX's runtime error for a collective whose peer process stopped (not a bug of ours)."""
+    return isinstance(e, RuntimeError) and any(w in str(e) for w in _PEER_WORDS)
 
 
 def watch_parent(interval_s: float = 1.0) -> None:

@@ -258,6 +258,23 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted (Ctrl-C).", file=sys.stderr)
         return 130
+    except RuntimeError as e:
+        from bnjax.run._launch import PEER_FAILURE, is_child, is_peer_failure
+
+        if getattr(args, "distributed", None) is None or not is_child() or not is_peer_failure(e):
+            raise
+        # A collective failed because another process is gone. The supervisor prints the one-line error; exit
+        # now, without JAX's shutdown barrier, which would wait for the dead process.
+        import os
+
+        first = str(e).strip().splitlines()[0][:300]
+        print(f"{PEER_FAILURE} {first}", file=sys.stderr, flush=True)
+        if args.debug:
+            import traceback
+
+            traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(2)
     except (ConfigError, RunError, CheckpointError, OSError) as e:
         # Mistakes in a config, a path, a data file, a results directory or a checkpoint, and a full or
         # read-only disk: one clear message, no traceback (unless --debug).
