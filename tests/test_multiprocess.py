@@ -124,6 +124,7 @@ def reference(tmp_path_factory):
     return config, _metrics(tmp / "run")
 
 
+@pytest.mark.slow  # the default suite keeps the 2-process x 2-device run and tests/test_sharded.py's 4-device runs
 def test_members_sharded_over_two_devices_match_one_device(reference, tmp_path):
     config, ref = reference
     # Three members over two devices: padded to four, the copy's results dropped.

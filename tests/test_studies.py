@@ -522,6 +522,7 @@ def _run_tiny(path, out, overrides, capsys):
     return summary
 
 
+@pytest.mark.slow  # its analysis is covered by test_every_study_writes_a_report_from_fabricated_numbers
 def test_tiny_ghost_batch_runs_end_to_end(tmp_path, capsys):
     # Both plain-BN variants and the ghost one over the small batch's rows (3 of the 5 compilations), 1000 examples
     # (one batch of 1000 per epoch; MNIST-1D of 1400 samples has 1120 to split), a 2 x 8 net, one epoch.
