@@ -1,5 +1,6 @@
 """Training any model (a :class:`bnjax.Layer`, or an :class:`bnjax.MLPSpec`): optax optimizers, a pure jitted
-step, epochs as ``lax.scan``, vmapped ensembles of :class:`Member` settings, precise BN, checkpoints. Imports
+step, epochs as ``lax.scan``, vmapped ensembles of :class:`Member` settings (sharded over a device mesh with
+:class:`Parallel`), precise BN, checkpoints. Imports
 :mod:`bnjax.nn`; never :mod:`bnjax.run`."""
 
 from bnjax.train._checkpoint import load_checkpoint as load_checkpoint
