@@ -27,7 +27,7 @@ import numpy as np
 
 from bnjax.nn import MLPSpec
 from bnjax.run._platform import enable_compile_cache
-from bnjax.run._timing import time_interleaved
+from bnjax.run._timing import stateful, time_interleaved
 from bnjax.train import Parallel, TrainConfig, init_ensemble, make_epoch_fn, resolve_members
 from bnjax.train._sharded import make_layout, make_sharded_epoch_fn, pad_members, to_devices
 from bnjax.train._step import shared_shuffle_key
@@ -62,15 +62,6 @@ def default_cases(num_members: int = 16, devices: int = NUM_DEVICES) -> list[Par
     ]
 
 
-def _stateful(step: Callable, state: Any, *args: Any) -> Callable[[], Any]:
-    box = [state]
-
-    def call():
-        box[0], out = step(box[0], *args)
-        return out
-
-    return call
-
 
 def bench_parallel(devices: Sequence[jax.Device], *, in_features: int = 3072, hidden: Sequence[int] = (100,) * 5,
                    batch: int = 50, steps: int = 20, rounds: int = 7,
@@ -99,12 +90,12 @@ def bench_parallel(devices: Sequence[jax.Device], *, in_features: int = 3072, hi
         if base not in fns:  # one baseline per ensemble, shared by the cases that compare against it
             epoch = jax.jit(make_epoch_fn(spec, cfg, num_members=c.num_members, num_train=n,
                                           shared_batches=c.shared_batches, use_dropout=False), donate_argnums=0)
-            fns[base] = _stateful(epoch, *jax.device_put((host_states, x, y, key), dev0))
+            fns[base] = stateful(epoch, *jax.device_put((host_states, x, y, key), dev0))
         layout = make_layout(Parallel(members=c.members, data=c.data), c.num_members, batch, devices)
         epoch = jax.jit(make_sharded_epoch_fn(spec, cfg, layout, num_train=n, shared_batches=c.shared_batches,
                                               use_dropout=False), donate_argnums=0)
         states = to_devices(pad_members(host_states, layout.padded_members), layout.member_sharding())
-        fns[_name(c)] = _stateful(epoch, states, *to_devices((x, y, key), layout.sharding()))
+        fns[_name(c)] = stateful(epoch, states, *to_devices((x, y, key), layout.sharding()))
     t = time_interleaved(fns, rounds=rounds, calls=1, warmup=1)
     rows = []
     for c in cases:

@@ -37,3 +37,15 @@ def time_interleaved(
         name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)}
         for name, v in per_round.items()
     }
+
+
+def stateful(step: Callable, state: Any, *args: Any) -> Callable[[], Any]:
+    """A zero-argument timing closure that advances ``state`` through ``step(state, *args) -> (state, out)`` and
+    returns ``out`` (donation-safe: the donated state is replaced by the new one on every call)."""
+    box = [state]
+
+    def call():
+        box[0], out = step(box[0], *args)
+        return out
+
+    return call

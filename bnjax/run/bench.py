@@ -25,7 +25,7 @@ import numpy as np
 from bnjax.nn import MLPSpec, batch_norm, batch_norm_init
 from bnjax.run._bench_parallel import bench_parallel, run_cpu_subprocess
 from bnjax.run._bench_refs import flax_linen_step, purejax_step
-from bnjax.run._timing import time_interleaved
+from bnjax.run._timing import stateful, time_interleaved
 from bnjax.train import TrainConfig, init_ensemble, init_train_state, make_epoch_fn, make_train_step, resolve_members
 
 
@@ -57,16 +57,6 @@ def _spec_cfg(w: Workload) -> tuple[MLPSpec, TrainConfig]:
     return spec, TrainConfig(optimizer="adam", learning_rate=1e-3, batch_size=w.batch)
 
 
-def _stateful(step: Callable, state: Any, *args: Any) -> Callable[[], Any]:
-    """A zero-argument timing closure that advances ``state`` through ``step`` (donation-safe)."""
-    box = [state]
-
-    def call():
-        box[0], out = step(box[0], *args)
-        return out
-
-    return call
-
 
 def _step_loop(spec: MLPSpec, cfg: TrainConfig, x: jax.Array, y: jax.Array, steps: int) -> Callable[[], Any]:
     """A timing closure: ``steps`` jitted single-model steps from Python over pre-sliced on-device batches."""
@@ -91,12 +81,12 @@ def bench_steps(workloads=STEP_WORKLOADS, *, rounds: int, calls: int) -> list[di
         x, y = _batch(w)
         spec, cfg = _spec_cfg(w)
         step = jax.jit(make_train_step(spec, cfg, steps_per_epoch=1), donate_argnums=0)
-        fns = {"bnjax": _stateful(step, init_train_state(spec, cfg, seed=0), (x, y))}
+        fns = {"bnjax": stateful(step, init_train_state(spec, cfg, seed=0), (x, y))}
         sizes = (w.in_features, *w.hidden, 10)
         ref, ref_state = purejax_step(jax.random.key(0), sizes)
-        fns["purejax"] = _stateful(ref, ref_state, x, y)
+        fns["purejax"] = stateful(ref, ref_state, x, y)
         fl, fl_state = flax_linen_step(jax.random.key(0), sizes)
-        fns["flax_linen"] = _stateful(fl, fl_state, x, y)
+        fns["flax_linen"] = stateful(fl, fl_state, x, y)
         t = time_interleaved(fns, rounds=rounds, calls=calls)
         rows.append({
             "workload": w.name, "batch": w.batch, "in_features": w.in_features, "hidden": list(w.hidden),
@@ -116,7 +106,7 @@ def bench_epoch(*, rounds: int, steps: int = 100) -> dict[str, Any]:
     epoch = jax.jit(make_epoch_fn(spec, cfg, num_members=1, num_train=steps * w.batch), donate_argnums=0)
     states = init_ensemble(spec, cfg, resolve_members(spec, cfg, None))
     key = jax.random.key_data(jax.random.key(0))
-    t = time_interleaved({"scan_epoch": _stateful(epoch, states, x, y, key),
+    t = time_interleaved({"scan_epoch": stateful(epoch, states, x, y, key),
                           "python_loop": _step_loop(spec, cfg, x, y, steps)},
                          rounds=rounds, calls=1, warmup=1)
     scan, py = t["scan_epoch"]["median_s"], t["python_loop"]["median_s"]
@@ -141,7 +131,7 @@ def bench_ensemble(ks=(1, 4, 16, 64), *, rounds: int, steps: int = 20) -> list[d
             members = resolve_members(spec, cfg, {"seed": list(range(k))})
             epoch = jax.jit(make_epoch_fn(spec, cfg, num_members=k, num_train=steps * w.batch,
                                           shared_batches=shared), donate_argnums=0)
-            fns[f"{k}:{shared}"] = _stateful(epoch, init_ensemble(spec, cfg, members), x, y, key)
+            fns[f"{k}:{shared}"] = stateful(epoch, init_ensemble(spec, cfg, members), x, y, key)
     fns["single_step"] = _step_loop(spec, cfg, x, y, steps)
     t = time_interleaved(fns, rounds=rounds, calls=1, warmup=1)
     single_ms = t.pop("single_step")["median_s"] / steps * 1e3
@@ -168,7 +158,7 @@ def bench_bf16(workloads=(STEP_WORKLOADS[0], STEP_WORKLOADS[4]), *, rounds: int,
         for dtype in ("float32", "bfloat16"):
             c = cfg.replace(compute_dtype=dtype)
             step = jax.jit(make_train_step(spec, c, steps_per_epoch=1), donate_argnums=0)
-            fns[dtype] = _stateful(step, init_train_state(spec, c, seed=0), (x, y))
+            fns[dtype] = stateful(step, init_train_state(spec, c, seed=0), (x, y))
         t = time_interleaved(fns, rounds=rounds, calls=calls)
         f32, bf16 = t["float32"]["median_s"], t["bfloat16"]["median_s"]
         rows.append({"workload": w.name, "batch": w.batch, "f32_ms": f32 * 1e3, "bf16_ms": bf16 * 1e3,
