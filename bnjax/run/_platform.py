@@ -178,13 +178,9 @@ def join_distributed(args: DistributedArgs) -> bool:
     within ``timeout_s`` is a ConfigError naming it; a peer that stops sending heartbeats for ``heartbeat_s``
     makes JAX stop the other processes.
     """
-    explicit = args.coordinator is not None or args.num_processes is not None or args.process_id is not None
-    if explicit:
-        check_distributed_args(args)
-        if args.num_processes == 1:
-            return False
-    elif not _cluster_detected():
+    if not multi_process_requested(args):
         return False
+    explicit = args.coordinator is not None  # checked: the three flags come together or not at all
     if explicit and args.process_id != 0:
         _wait_for_coordinator(args.coordinator, args.timeout_s)
     try:  # CPU devices talk over gloo (JAX's CPU collectives); accelerators use their own
