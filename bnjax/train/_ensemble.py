@@ -322,6 +322,13 @@ def _jitted_eval(model: Model, cfg: TrainConfig, num_members: int) -> Callable[.
     return jax.jit(make_eval_fn(model, cfg, num_members=num_members, precise_batches=cfg.precise_bn_batches))
 
 
+def _state_avals(model: Model, cfg: TrainConfig, options: tuple[str, ...], num_members: int) -> TrainState:
+    """Shapes and dtypes of the stacked state of ``num_members`` members that set ``options`` (what a compiled
+    epoch is lowered for)."""
+    template = Member(seed=0, learning_rate=1.0, **{k: 0.5 for k in options})
+    return jax.eval_shape(lambda: init_ensemble(model, cfg, [template] * num_members))
+
+
 @functools.lru_cache(maxsize=16)
 def _compiled_epoch(
     model: Model, cfg: TrainConfig, num_members: int, num_train: int, shared: bool, use_dropout: bool,
@@ -336,8 +343,7 @@ def _compiled_epoch(
                       use_dropout=use_dropout),
         donate_argnums=0,
     )
-    template = Member(seed=0, learning_rate=1.0, **{k: 0.5 for k in options})
-    states = jax.eval_shape(lambda: init_ensemble(model, cfg, [template] * num_members))
+    states = _state_avals(model, cfg, options, num_members)
     y_aval = jax.ShapeDtypeStruct((x_aval.shape[0],), jnp.int32)
     return fn.lower(states, x_aval, y_aval, jax.eval_shape(lambda: shared_shuffle_key(0))).compile()
 
@@ -352,10 +358,9 @@ def _sharded_programs(
                                           use_dropout=use_dropout), donate_argnums=0)
     local = make_eval_fn(model, eval_cfg, num_members=layout.local_members,
                          precise_batches=eval_cfg.precise_bn_batches)
-    template = Member(seed=0, learning_rate=1.0, **{k: 0.5 for k in options})
     members, replicated = layout.member_sharding(), layout.sharding()
     states = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=members),
-                          jax.eval_shape(lambda: init_ensemble(model, cfg, [template] * layout.padded_members)))
+                          _state_avals(model, cfg, options, layout.padded_members))
     x = jax.ShapeDtypeStruct(x_aval.shape, x_aval.dtype, sharding=replicated)
     y = jax.ShapeDtypeStruct((x_aval.shape[0],), jnp.int32, sharding=replicated)
     key = jax.eval_shape(lambda: shared_shuffle_key(0))
