@@ -50,10 +50,12 @@ class Layer(NamedTuple):
     ``bn_unbiased``     apply    the same three (store the ``n / (n - 1)`` variance)
     ``axis_name``       apply    :func:`bnjax.BatchNorm`, :func:`bnjax.BatchRenorm` (synchronized statistics)
     ``step``            apply    :func:`bnjax.BatchRenorm` (global step, for its ``rmax``/``dmax`` warm-up)
+    ``row_index``       apply    :func:`bnjax.Dropout` (each row's position in the global batch: per-row masks)
     ==================  =======  =======================================================================
 
     The training engine (:mod:`bnjax.train`) passes a member's swept ``dropout``/``bn_momentum`` to
-    ``apply``, its ``weight_scale`` to ``init``, and ``step``/``axis_name`` where the model takes them.
+    ``apply``, its ``weight_scale`` to ``init``, and ``step``/``row_index``/``axis_name`` where the model takes
+    them.
 
     Attributes:
       init: ``init(key, **init_options) -> (params, batch_stats)``.
@@ -63,12 +65,19 @@ class Layer(NamedTuple):
       layers: for a composition (:func:`bnjax.serial`), its ``(name, layer)`` pairs in order; ``()`` for a
         single layer. The training engine reads it for its fast paths (a shared first dense layer) and its
         divergence check; ``apply`` alone defines what the layer computes.
+      defaults: ``(option, value)`` pairs: the values of per-call options the layer was built with (``mlp(spec)``
+        records the spec's ``weight_scale``, ``dropout`` and ``bn_momentum``). The training engine makes them
+        each member's traced settings, so members that sweep them share one compiled program; ``()``: none.
+      spec: the hashable description the layer was built from (``mlp(spec)`` records its
+        :class:`bnjax.MLPSpec`), kept with results and checkpoint fingerprints; None for a plain layer.
     """
 
     init: Callable[..., tuple[Params, State]]
     apply: Callable[..., tuple[Array, State]]
     name: str = "layer"
     layers: tuple[tuple[str, Layer], ...] = ()
+    defaults: tuple[tuple[str, Any], ...] = ()
+    spec: Any = None
 
 
 class FieldError(ValueError):

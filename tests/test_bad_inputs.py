@@ -222,9 +222,9 @@ CASES = [
          setup=lambda t: (t / "out").mkdir()),
     Case("report of a non-run", ("is not a bnjax run directory",), argv=("report", "nowhere")),
     # --- validation that needs the data (before anything is written)
-    Case("batch larger than the training set", ("variant 'bad'", "100 examples", "train.batch_size=1000"),
+    Case("batch larger than the training set", ("variant 'bad'", "100 examples", "train.batch_size = 1000"),
          config=patched(train={"batch_size": 1000})),
-    Case("too many precise-BN batches", ("precise_bn_batches=20", "200 training examples", "there are 100"),
+    Case("too many precise-BN batches", ("train.precise_bn_batches = 20", "200 training examples", "there are 100"),
          config=patched(train={"precise_bn_batches": 20})),
     Case("num_train larger than the data", ("[data]", "num_train=500", "outside [1, 100]"),
          config=patched(data={"num_train": 500})),
@@ -324,7 +324,7 @@ def test_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert "Traceback (most recent call last)" in err
-        assert err.rstrip().splitlines()[-1].startswith("bnjax run: error: variant 'bad': the training set has 100")
+        assert err.rstrip().splitlines()[-1].startswith("bnjax run: error: variant 'bad': train.batch_size = 1000 is larger than the training set (100")
     assert not (tmp_path / "out").exists()
 
 

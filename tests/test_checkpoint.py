@@ -67,11 +67,16 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path):
     with pytest.raises(ValueError, match=r"\(checkpoint\) vs \[\] \(now\)"):
         load_checkpoint(ckpt, fingerprint)
 
-    epochs_seen = []
+    seen, trained = [], []
     resumed = train_ensemble(TOY_SPEC, CFG, toy_data(), MEMBERS, checkpoint_dir=ckpt, resume=True,
-                             callback=lambda e, m: epochs_seen.append(e))
-    assert 2 <= epochs_seen[0] <= 5 and epochs_seen[-1] == 5  # continued where the killed run stopped
-    uninterrupted = train_ensemble(TOY_SPEC, CFG, toy_data(), MEMBERS)
+                             callback=lambda e, m: seen.append((e, m)))
+    # The callback sees every epoch once: the checkpoint's epochs again (saved values), then the trained ones.
+    uninterrupted = train_ensemble(TOY_SPEC, CFG, toy_data(), MEMBERS, callback=lambda e, m: trained.append((e, m)))
+    assert [e for e, _ in seen] == [e for e, _ in trained] == list(range(6))
+    for (_, a), (_, b) in zip(seen, trained):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     _assert_same_run(resumed, uninterrupted)
     assert len(resumed.epoch_times) == 5
 
@@ -88,11 +93,11 @@ def test_mismatched_checkpoint_is_refused(tmp_path):
     with pytest.raises(ValueError, match=r"spec.hidden"):
         train_ensemble(TOY_SPEC.replace(hidden=(8, 4)), TOY_CFG, data, MEMBERS, checkpoint_dir=tmp_path,
                        resume=True)
-    # A finished run resumes to the same result without training again.
+    # A finished run resumes to the same result without training again (the callback sees the saved epochs).
     calls = []
     again = train_ensemble(TOY_SPEC, TOY_CFG, data, MEMBERS, checkpoint_dir=tmp_path, resume=True,
                            callback=lambda e, m: calls.append(e))
-    assert calls == []
+    assert calls == [0, 1, 2]
     _assert_same_run(first, again)
     assert again.epoch_times == first.epoch_times
 
@@ -235,6 +240,6 @@ def test_resume_from_the_fallback_checkpoint_is_bit_identical(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="bnjax"):
         resumed = train_ensemble(TOY_SPEC, cfg, toy_data(), MEMBERS, checkpoint_dir=tmp_path, resume=True,
                                  callback=lambda e, m: seen.append(e))
-    assert seen == [3]  # epoch 3 trained again from epoch 2's state
+    assert seen == [0, 1, 2, 3]  # epochs 0-2 from epoch 2's checkpoint, epoch 3 trained again from its state
     assert "checkpoint.msgpack: corrupt" in caplog.text and "(epoch 2)" in caplog.text
     _assert_same_run(resumed, uninterrupted)

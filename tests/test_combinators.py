@@ -127,7 +127,8 @@ def test_layer_options_is_the_union_of_the_parts():
 
     model = bnjax.serial(bnjax.Dense(3, 4), bnjax.BatchNorm(4), bnjax.Dropout(0.1))
     assert layer_options(model, "init") == {"weight_scale"}
-    assert layer_options(model, "apply") == {"bn_momentum", "bn_average", "bn_unbiased", "axis_name", "dropout"}
+    assert layer_options(model, "apply") == {"bn_momentum", "bn_average", "bn_unbiased", "axis_name", "dropout",
+                                             "row_index"}
     assert layer_options(bnjax.serial(bnjax.Dense(3, 4)), "apply") == set()
 
 

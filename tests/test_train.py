@@ -155,11 +155,11 @@ def test_same_seed_is_bit_identical():
 
 def test_data_errors():
     data = toy_data()
-    with pytest.raises(ValueError, match=r"data.x_train has 6 features .* spec.in_features=5; set MLPSpec\(in_features=6\)"):
+    with pytest.raises(ValueError, match=r"the data has 6 features per example .* spec.in_features=5; set MLPSpec\(in_features=6\)"):
         train_ensemble(TOY_SPEC.replace(in_features=5), TOY_CFG, data)
     with pytest.raises(ValueError, match=r"data has 3 classes but spec.num_classes=4"):
         train_ensemble(TOY_SPEC.replace(num_classes=4), TOY_CFG, data)
-    with pytest.raises(ValueError, match=r"fewer than cfg.batch_size=100"):
+    with pytest.raises(ValueError, match=r"TrainConfig: batch_size=100 is larger than the training set \(64 examples\)"):
         train_ensemble(TOY_SPEC, TOY_CFG.replace(batch_size=100), data)
     with pytest.raises(ValueError, match="resume=True needs checkpoint_dir"):
         train_ensemble(TOY_SPEC, TOY_CFG, data, resume=True)

@@ -306,11 +306,13 @@ def RMSNorm(shape: int | tuple[int, ...], *, dtype: Any = None, **options: Any) 
 
 def Dropout(rate: Any) -> Layer:
     """:func:`bnjax.dropout` with drop probability ``rate`` as a :class:`Layer`; apply option ``dropout``
-    overrides ``rate`` (e.g. a traced rate swept by ``jax.vmap``)."""
+    overrides ``rate`` (e.g. a traced rate swept by ``jax.vmap``), apply option ``row_index`` draws the mask
+    row by row from each row's position in the global batch (see :func:`bnjax.dropout`)."""
 
     def apply(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
-              dropout: Any = None) -> tuple[Array, State]:
-        return dropout_fn(params, batch_stats, x, train, key=key, rate=rate if dropout is None else dropout)
+              dropout: Any = None, row_index: Any = None) -> tuple[Array, State]:
+        return dropout_fn(params, batch_stats, x, train, key=key, rate=rate if dropout is None else dropout,
+                          row_index=row_index)
 
     return Layer(_no_key_init(dropout_init), apply, "dropout")
 

@@ -26,6 +26,7 @@ def dropout(
     key: PRNGKey | None = None,
     rate: Any = 0.5,
     broadcast_dims: Sequence[int] = (),
+    row_index: Any = None,
 ) -> tuple[Array, State]:
     """Inverted dropout; ``rate`` is the probability of **dropping** a unit.
 
@@ -46,6 +47,10 @@ def dropout(
       rate: drop probability in [0, 1]; may be a traced array (e.g. swept by ``jax.vmap``).
       broadcast_dims: axes (negative allowed) along which one mask value is shared (e.g. ``(1, 2)`` drops
         whole channels of an ``(N, H, W, C)`` input).
+      row_index: optional ``(N,)`` integers, the position of each row of ``x`` (axis 0) in a larger batch. Given,
+        row ``i``'s mask is ``bernoulli(fold_in(key, row_index[i]), 1 - rate, x.shape[1:])``: a function of the
+        key and the row's position only, so a batch split over devices (each passing its rows' global
+        positions) draws the masks of the whole batch on one device. The training engine passes it.
 
     Returns:
       ``(y, batch_stats)``; ``y`` has the shape and dtype of ``x``.
@@ -70,7 +75,14 @@ def dropout(
     # bernoulli draws in the default float dtype -- float64 under jax_enable_x64), then x / keep.
     keep = 1.0 - rate if isinstance(rate, (int, float, np.generic)) else 1.0 - jnp.asarray(rate)
     mask_shape = tuple(1 if i in bdims else s for i, s in enumerate(x.shape))
-    mask = jax.random.bernoulli(key, keep, mask_shape)
+    if row_index is None:
+        mask = jax.random.bernoulli(key, keep, mask_shape)
+    else:
+        row_index = jnp.asarray(row_index)
+        if row_index.shape != x.shape[:1] or not jnp.issubdtype(row_index.dtype, jnp.integer) or 0 in bdims:
+            raise ValueError(f"{fn}: row_index must be {x.shape[:1]} integers (one per row of x, whose axis 0 "
+                             f"is not in broadcast_dims), got shape {row_index.shape} dtype {row_index.dtype}.")
+        mask = jax.vmap(lambda r: jax.random.bernoulli(jax.random.fold_in(key, r), keep, mask_shape[1:]))(row_index)
     if rate_c is None:
         # A traced rate may be 1: divide only where keep > 0 (the mask is all False there), so the
         # gradient is 0, not NaN.

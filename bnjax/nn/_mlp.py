@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -286,8 +287,9 @@ def mlp(spec: MLPSpec) -> Layer:
 
 
 @functools.lru_cache(maxsize=64)
-def _build(spec: MLPSpec) -> Layer:
-    # Cached: equal specs give the same Layer object, so compiled programs keyed by it are reused.
+def _build(spec: MLPSpec, flatten: bool = False) -> Layer:
+    # Cached: equal specs give the same Layer object, so compiled programs keyed by it are reused. ``flatten``:
+    # examples of any shape are flattened first (what as_layer builds for data that is not flat).
     layers: list[Layer] = []
     sizes = (spec.in_features, *spec.hidden, spec.num_classes)
     shift = spec.norm in BATCH_NORMS and spec.norm_position == "before"  # the norm's shift replaces the bias
@@ -308,6 +310,8 @@ def _build(spec: MLPSpec) -> Layer:
 
     def apply(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
               **options: Any) -> tuple[Array, State]:
+        if flatten and x.ndim > 2:
+            x = x.reshape(x.shape[0], -1)
         if x.ndim != 2 or x.shape[1] != in_features:
             raise ValueError(
                 f"mlp: x has shape {tuple(x.shape)}, expected (N, {in_features}); flatten the input first, e.g. "
@@ -315,7 +319,44 @@ def _build(spec: MLPSpec) -> Layer:
             )
         return body.apply(params, batch_stats, x, train, key=key, **options)
 
-    return Layer(body.init, apply, "mlp", body.layers)
+    defaults = tuple((k, getattr(spec, k)) for k in MEMBER_DEFAULTS)
+    return Layer(body.init, apply, "mlp", body.layers, defaults=defaults, spec=spec)
+
+
+MEMBER_DEFAULTS = ("weight_scale", "dropout", "bn_momentum")
+"""The spec's values that :func:`mlp` records as ``Layer.defaults``: an ensemble's members may sweep them."""
+
+
+def as_layer(model: Layer | MLPSpec, fn: str, *, input_shape: tuple[int, ...] | None = None,
+             num_classes: int | None = None) -> Layer:
+    """``model`` as a :class:`bnjax.Layer`: a Layer as it is; an :class:`MLPSpec` built by :func:`mlp`, its
+    unset ``in_features``/``num_classes`` taken from ``input_shape`` (one example's shape) and ``num_classes``;
+    for examples of more than one axis the MLP's ``apply`` flattens them first.
+
+    ``fn`` names the caller in errors. Raises ValueError when a spec's sizes are unset and not given, or set and
+    different from the data's; TypeError for anything else.
+    """
+    if isinstance(model, Layer):
+        return model
+    if not isinstance(model, MLPSpec):
+        raise TypeError(f"{fn}: the model must be a bnjax.Layer (an init/apply pair, e.g. bnjax.serial(...)) or an "
+                        f"MLPSpec, got {type(model).__name__}.")
+    given = {"in_features": None if input_shape is None else math.prod(input_shape), "num_classes": num_classes}
+    fills = {}
+    for name, value in given.items():
+        mine = getattr(model, name)
+        if mine is None and value is None:
+            raise ValueError(f"{fn}: the MLPSpec has {name}=None; set it (train_ensemble fills it from the data).")
+        if mine is not None and value is not None and mine != value:
+            what = (f"{value} features per example (shape {tuple(input_shape)})" if name == "in_features"
+                    else f"{value} classes")
+            raise ValueError(f"{fn}: the data has {what} but spec.{name}={mine}; set MLPSpec({name}={value}) "
+                             f"(or None: from the data).")
+        if mine is None:
+            fills[name] = value
+    spec = model.replace(**fills) if fills else model
+    mlp(spec)  # its checks
+    return _build(spec, input_shape is not None and len(input_shape) > 1)
 
 
 def mlp_init(key: PRNGKey, spec: MLPSpec, *, weight_scale: Any = None) -> tuple[Params, State]:

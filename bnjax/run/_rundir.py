@@ -20,20 +20,23 @@ import contextlib
 import fcntl
 import json
 import os
-import re
 import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnjax._faults import kill_point
+from bnjax._typing import FieldError
 from bnjax.run._errors import RunError, RunInterrupted, Terminated
+from bnjax.run._schema import config_error
 from bnjax.run.config import ConfigError, DataConfig, StudyConfig, Variant, resolved_raw
 from bnjax.run.results import jsonable
 from bnjax.train._checkpoint import CheckpointError, verify_checkpoints
+from bnjax.train._config import PLACEMENT_FIELDS
 
 LOCK_FILE = ".bnjax.lock"
 CONFIG_FILE = "config.json"
@@ -56,22 +59,19 @@ def describe_error(e: BaseException) -> str:
     return str(e) or type(e).__name__
 
 
-def _config_words(message: str) -> str:
-    # The engine names its arguments (cfg.batch_size, spec.hidden); a config user knows them as train.* and model.*.
-    message = re.sub(r"^\w+: ", "", message)
-    return re.sub(r"\bcfg\.", "train.", re.sub(r"\bspec\.", "model.", message))
-
-
 @contextlib.contextmanager
 def user_errors(where: str, *, oserror: bool = False) -> Iterator[None]:
     """Turns the ValueError/TypeError (and, with ``oserror``, OSError) a validating call raises into a
-    ConfigError prefixed with ``where``: the call's contract is that these mean bad input, not a bug."""
+    ConfigError prefixed with ``where``: the call's contract is that these mean bad input, not a bug. A
+    :class:`bnjax.FieldError` is restated against its config key (``train.batch_size = ...``)."""
     try:
         yield
     except ConfigError:
         raise
+    except FieldError as e:
+        raise ConfigError(f"{where}: {config_error(e)}") from e
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{where}: {_config_words(str(e))}") from e
+        raise ConfigError(f"{where}: {e}") from e
     except OSError as e:
         if not oserror:
             raise
@@ -232,6 +232,21 @@ class RunPlan:
     finished: tuple[str, ...] = ()
 
 
+def _results_part(raw: dict[str, Any]) -> dict[str, Any]:
+    """The tables of a raw config that decide the results: without ``[parallel]`` and the placement keys of
+    ``[train]`` (``member_chunk``), which only place the computation, so a run may resume with others."""
+    def train_without(table: Any) -> Any:
+        return {k: v for k, v in table.items() if k not in PLACEMENT_FIELDS} if isinstance(table, dict) else table
+
+    out = {k: v for k, v in raw.items() if k != "parallel"}
+    if "train" in out:
+        out["train"] = train_without(out["train"])
+    if isinstance(out.get("variants"), list):
+        out["variants"] = [{**v, "train": train_without(v["train"])} if isinstance(v, dict) and "train" in v else v
+                           for v in out["variants"]]
+    return out
+
+
 def plan_run(out: Path, config: StudyConfig, *, resume: bool) -> RunPlan:
     """Decides what a run of ``config`` into ``out`` does, refusing what cannot work; writes nothing.
 
@@ -268,9 +283,7 @@ def plan_run(out: Path, config: StudyConfig, *, resume: bool) -> RunPlan:
         raise RunError(f"{out} already holds a run; pass --resume to continue it ({state.detail}), or choose "
                        f"another --out.")
     saved = out / CONFIG_FILE
-    # [parallel] only places the computation on devices, so a run may resume with another layout.
-    before = {k: v for k, v in _read_json(saved).items() if k != "parallel"}
-    now = {k: v for k, v in jsonable(resolved_raw(config)).items() if k != "parallel"}
+    before, now = _results_part(_read_json(saved)), _results_part(jsonable(resolved_raw(config)))
     if before != now:
         diffs = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
         raise ConfigError(f"--resume: the config differs from the one saved in {saved} (tables {diffs}); "
@@ -306,12 +319,19 @@ def write_text(path: Path, text: str) -> None:
 
 class MetricsLog:
     """Appends one JSON line per member per epoch to ``metrics.jsonl``, flushed at once (a crash loses nothing
-    written). ``last`` is the ``(variant, epoch)`` of the latest line."""
+    written). ``last`` is the ``(variant, epoch)`` of the latest line.
 
-    def __init__(self, path: Path) -> None:
+    ``keep`` (a resumed run): first rewrite the file with the lines of those variants only (the finished ones);
+    an unfinished variant's lines are written again as the engine replays its checkpoint's epochs, so every line
+    ends up in the file exactly once whatever the moment of the kill.
+    """
+
+    def __init__(self, path: Path, keep: Collection[str] | None = None) -> None:
         self.path = Path(path)
         self.last: tuple[str, int] | None = None
         try:
+            if keep is not None and self.path.exists():
+                write_text(self.path, "".join(_lines_of(self.path, set(keep))))
             self.f = open(self.path, "a+")  # noqa: SIM115 - held open across the run, closed by RunDir
             if self.f.tell() > 0:  # a line cut short by a kill must not swallow the next one
                 self.f.seek(self.f.tell() - 1)
@@ -322,11 +342,11 @@ class MetricsLog:
 
     def write(self, lines: list[dict[str, Any]]) -> None:
         try:
-            for line in lines:
-                self.f.write(json.dumps(line) + "\n")
+            self.f.write("".join(json.dumps(line) + "\n" for line in lines))
             self.f.flush()
         except OSError as e:
             raise OSError(e.errno, e.strerror or str(e), str(self.path)) from e
+        kill_point("metrics: an epoch's rows written")
         epochs = [(line["variant"], line["epoch"]) for line in lines if line.get("epoch", 0) > 0]
         if epochs:
             self.last = epochs[-1]
@@ -334,6 +354,18 @@ class MetricsLog:
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self.f.close()
+
+
+def _lines_of(path: Path, variants: set[str]) -> Iterator[str]:
+    """The complete lines of ``path`` that belong to ``variants``, as written (a line cut short is dropped)."""
+    with open(path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if line.endswith("\n") and isinstance(row, dict) and row.get("variant") in variants:
+                yield line
 
 
 def _remove_written(out: Path) -> None:
@@ -411,7 +443,7 @@ class RunDir:
                     status="running", pid=os.getpid())
         self.meta = meta
         write_text(out / RUN_FILE, json.dumps(meta, indent=1))
-        self.metrics = MetricsLog(out / METRICS_FILE)
+        self.metrics = MetricsLog(out / METRICS_FILE, keep=plan.finished if plan.resume else None)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGHUP):
                 self._handlers[sig] = signal.signal(sig, _raise_terminated)

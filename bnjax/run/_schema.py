@@ -14,6 +14,17 @@ class ConfigError(ValueError):
     """A config value is unknown, of the wrong type or out of range; the message names the key and the fix."""
 
 
+TABLES = {"StudyInfo": "study", "DataConfig": "data", "MLPSpec": "model", "TrainConfig": "train",
+          "SweepConfig": "sweep", "Member": "sweep", "Parallel": "parallel"}
+"""The config table of each settings class whose fields a :class:`bnjax.FieldError` names."""
+
+
+def config_error(e: FieldError, table: str | None = None) -> ConfigError:
+    """``e`` restated against its config key, ``table.field = value expected`` (the table from ``e.owner``
+    unless given); the library's sentence is kept as it is."""
+    return ConfigError(f"{table or TABLES.get(e.owner, e.owner)}.{e.field} = {e.value!r} {e.expected}")
+
+
 def describe(hint: Any) -> str:
     """Human-readable name of a type hint, used in error messages ("a float", "a list of ints")."""
     origin, args = get_origin(hint), get_args(hint)
@@ -128,4 +139,4 @@ def build(cls: type, section: str, raw: dict[str, Any], *, exclude: typing.Itera
     try:
         return cls(**values, **fixed)
     except FieldError as e:
-        raise ConfigError(f"{section}.{e.field} = {e.value!r} {e.expected}") from None
+        raise config_error(e, section) from None

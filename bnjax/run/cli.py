@@ -33,7 +33,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     args.out_dir = Path(args.out) if args.out else default_out_dir(config)
     command = "bnjax " + " ".join(shlex.quote(a) for a in (args.argv or sys.argv[1:]))
     out, summary = run_study(config, args.out_dir, resume=args.resume, progress=not args.quiet, command=command,
-                             source=path)
+                             source=path, checkpoint_every=args.checkpoint_every)
     if summary is None:  # another process of a multi-process run wrote the results
         import jax
 
@@ -51,6 +51,8 @@ def _resume_command(args: argparse.Namespace) -> str:
     for group in args.set:
         parts += ["--set", *group]
     parts += ["--out", str(args.out_dir), "--resume"] + (["--quiet"] if args.quiet else [])
+    if args.checkpoint_every:
+        parts += ["--checkpoint-every", f"{args.checkpoint_every:g}"]
     if args.cpu_devices is not None:
         parts += ["--cpu-devices", str(args.cpu_devices)]
     if args.coordinator is not None:
@@ -130,6 +132,19 @@ def _setup_processes(args: argparse.Namespace, argv: list[str] | None) -> int | 
                           debug=args.debug, heartbeat_s=dist.heartbeat_s)
 
 
+def _seconds(text: str) -> float:
+    """A finite number of seconds >= 0 (argparse type)."""
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     # --debug is accepted before and after the command (`bnjax --debug run ...`, `bnjax run ... --debug`).
     debug_help = "on an error, also print the Python traceback"
@@ -158,6 +173,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out: finished variants are kept, the interrupted one resumes from "
                         "its last intact epoch checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--checkpoint-every", type=_seconds, default=0.0, metavar="SECONDS",
+                   help="save the training variant's checkpoint at the first epoch boundary after this many seconds "
+                        "(and at its last epoch); 0 (default): every epoch. A killed run resumes from it")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not use JAX's persistent compilation cache (default: on, in $XDG_CACHE_HOME/bnjax/"
                         "jax-compile or ~/.cache/bnjax/jax-compile; BNJAX_COMPILE_CACHE=0 also turns it off)")
@@ -283,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
 
             traceback.print_exc()
         print(f"{name}: error: {describe_error(e)}", file=sys.stderr)
-        if isinstance(e, OSError) and getattr(args, "out_dir", None) and resume_state(args.out_dir) == "interrupted":
+        resumable = isinstance(e, OSError) or getattr(e, "resumable", False)
+        if resumable and getattr(args, "out_dir", None) and resume_state(args.out_dir) == "interrupted":
             print(f"the metrics and the last complete epoch's checkpoint are kept; resume with: "
                   f"{_resume_command(args)}", file=sys.stderr)
         return 2

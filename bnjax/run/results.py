@@ -28,101 +28,15 @@ from typing import Any
 
 import numpy as np
 
+from bnjax._faults import kill_point
 from bnjax.run._errors import RunError
+from bnjax.train import EnsembleResult
 
 SEED = "seed"
 
 
-@dataclass
-class VariantResult:
-    """Everything saved about one variant: an ensemble of ``K`` members trained as one program.
-
-    Attributes:
-      name: the variant's name from the config.
-      members: ``K`` dicts of the member's swept hyperparameters (always ``"seed"``, plus any swept axes).
-      axes: the swept axes other than ``"seed"``, in config order (members differing only in seed form a group).
-      history: metric name -> ``(K, epochs + 1)`` array; column 0 is before training.
-      loss_history: ``(K, steps)`` training loss per optimizer step (empty when not saved).
-      diverged_step: ``(K,)`` first step with a non-finite loss, ``-1`` for members that did not diverge.
-      wall_time: seconds spent on this variant (compilation included).
-      epoch_times: seconds per epoch.
-      spec: the variant's resolved settings (``{"data": ..., "model": ..., "train": ..., "sweep": ...}``).
-      extras: study-specific numbers computed after training by the analysis module's ``post_train``.
-    """
-
-    name: str
-    members: list[dict[str, Any]]
-    axes: tuple[str, ...]
-    history: dict[str, np.ndarray]
-    loss_history: np.ndarray
-    diverged_step: np.ndarray
-    wall_time: float = float("nan")
-    epoch_times: np.ndarray = field(default_factory=lambda: np.zeros(0))
-    spec: dict[str, Any] = field(default_factory=dict)
-    extras: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def num_members(self) -> int:
-        return len(self.members)
-
-    @property
-    def epochs(self) -> int:
-        first = next(iter(self.history.values()), None)
-        return 0 if first is None else first.shape[1] - 1
-
-    def mask(self, **where: Any) -> np.ndarray:
-        """``(K,)`` bool: members whose hyperparameters equal ``where`` (floats compared with rtol 1e-6)."""
-        keep = np.ones(self.num_members, bool)
-        for key, value in where.items():
-            if self.members and key not in self.members[0]:
-                raise KeyError(f"{self.name}: no swept axis {key!r}; axes are {list(self.members[0])}.")
-            got = np.array([m[key] for m in self.members], dtype=float)
-            keep &= np.isclose(got, float(value), rtol=1e-6, atol=0.0)
-        return keep
-
-    def curves(self, metric: str, **where: Any) -> np.ndarray:
-        """``(S, epochs + 1)`` history of ``metric`` for the members matching ``where`` (one row per seed)."""
-        if metric not in self.history:
-            raise KeyError(f"{self.name}: no metric {metric!r}; saved metrics are {sorted(self.history)}.")
-        rows = self.history[metric][self.mask(**where)]
-        if rows.shape[0] == 0:
-            raise KeyError(f"{self.name}: no member matches {where}; members are {self.groups()}.")
-        return rows
-
-    def final(self, metric: str, **where: Any) -> np.ndarray:
-        """``(S,)`` last-epoch value of ``metric`` per matching member."""
-        return self.curves(metric, **where)[:, -1]
-
-    def best(self, metric: str, **where: Any) -> np.ndarray:
-        """``(S,)`` best value over epochs 1.. (NaNs from diverged epochs ignored; NaN if all are)."""
-        c = self.curves(metric, **where)[:, 1:]
-        out = np.full(c.shape[0], np.nan)
-        ok = np.isfinite(c).any(axis=1)
-        out[ok] = np.nanmax(c[ok], axis=1)
-        return out
-
-    def diverged(self, **where: Any) -> np.ndarray:
-        """``(S,)`` bool: which matching members diverged."""
-        return self.diverged_step[self.mask(**where)] >= 0
-
-    def groups(self) -> list[dict[str, Any]]:
-        """The distinct settings of the non-seed axes, in member order (``[{}]`` when only seeds vary)."""
-        seen: list[dict[str, Any]] = []
-        for m in self.members:
-            g = {a: m[a] for a in self.axes}
-            if g not in seen:
-                seen.append(g)
-        return seen
-
-    def values(self, axis: str) -> list[float]:
-        """The distinct values of a swept axis, in member order."""
-        return [g[axis] for g in self.groups()] if axis in self.axes else []
-
-    def label(self, group: dict[str, Any]) -> str:
-        """``"name"`` or ``"name (axis=value, ...)"`` for plot legends and tables."""
-        if not group:
-            return self.name
-        return f"{self.name} (" + ", ".join(f"{k}={v:.3g}" for k, v in group.items()) + ")"
+VariantResult = EnsembleResult
+"""A saved variant: the engine's result type (:class:`bnjax.train.EnsembleResult`)."""
 
 
 @dataclass
@@ -170,11 +84,14 @@ def save_variant(run_dir: Path, v: VariantResult) -> None:
     members = json.dumps({"members": v.members, "axes": list(v.axes), "wall_time": v.wall_time,
                           "epoch_times": np.asarray(v.epoch_times, float).tolist()}, indent=1)
     _write(d / "members.json", lambda p: p.write_text(members))
+    kill_point("variant: members.json written")
     extras = json.dumps(jsonable(v.extras), indent=1)
     _write(d / "extras.json", lambda p: p.write_text(extras))
+    kill_point("variant: extras.json written")
     arrays = {f"history/{k}": np.asarray(a) for k, a in v.history.items()}
     _write(d / "history.npz", lambda p: np.savez_compressed(
         p, loss_history=np.asarray(v.loss_history), diverged_step=np.asarray(v.diverged_step), **arrays))
+    kill_point("variant: history.npz written")
 
 
 def is_finished(run_dir: Path, name: str) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import platform
 import shutil
@@ -30,11 +31,13 @@ from typing import Any
 
 import numpy as np
 
-from bnjax._typing import Layer
+from bnjax._faults import kill_point
+from bnjax._typing import FieldError, Layer
 from bnjax.data import Dataset
 from bnjax.nn import MLPSpec
 from bnjax.run import _rundir
 from bnjax.run._processes import agree, from_writer, is_writer
+from bnjax.run._schema import config_error
 from bnjax.run.config import ConfigError, FactoryModel, StudyConfig, Variant, load_config
 from bnjax.run.progress import EpochBar
 from bnjax.run.report import load_analysis, write_report
@@ -106,12 +109,13 @@ def _device(parallel: Parallel | None = None) -> str:
             f"{layout}")
 
 
-def _metric_line(variant: str, k: int, member: dict[str, Any], epoch: int, values: dict[str, Any]) -> dict:
-    line = {"variant": variant, "member": k, "epoch": epoch, **member}
-    for name, v in values.items():
-        x = float(np.asarray(v).reshape(-1)[k])
-        line[name] = x if np.isfinite(x) else None
-    return line
+def _metric_lines(variant: str, members: list[dict[str, Any]], epoch: int, values: dict[str, Any]) -> list[dict]:
+    """One ``metrics.jsonl`` line per member: its settings and every metric of ``epoch`` (NaN/inf as null),
+    built column by column from the ``(K,)`` arrays."""
+    cols = {name: [x if math.isfinite(x) else None for x in np.asarray(v, np.float64).reshape(-1).tolist()]
+            for name, v in values.items()}
+    return [{"variant": variant, "member": k, "epoch": epoch, **m, **{name: c[k] for name, c in cols.items()}}
+            for k, m in enumerate(members)]
 
 
 def _check_variant(parallel: Parallel, variant: Variant, data: Dataset) -> None:
@@ -129,6 +133,8 @@ def _train_variant(
     resume: bool,
     progress: bool,
     parallel: Parallel | None = None,
+    checkpoint_every: float = 0.0,
+    say: Callable[[str], None] | None = None,
 ) -> VariantResult | None:
     """Trains one variant and saves it; in a multi-process run every process trains, only process 0 (the one
     with a ``log``) writes, and the others return None."""
@@ -150,27 +156,32 @@ def _train_variant(
     with EpochBar(variant.name, cfg.epochs, len(swept), enabled=progress and writer) as bar:
         def callback(epoch: int, metrics: dict[str, np.ndarray]) -> None:
             if log is not None:
-                log.write([_metric_line(variant.name, k, m, epoch, metrics) for k, m in enumerate(swept)])
+                log.write(_metric_lines(variant.name, swept, epoch, metrics))
             bar.update(epoch, metrics)
 
-        result = train_ensemble(model, cfg, data, members, callback=callback, checkpoint_dir=str(ckpt),
-                                resume=resume, parallel=parallel)
-    resolved = result.members
+        try:
+            result = train_ensemble(model, cfg, data, members, callback=callback, checkpoint_dir=str(ckpt),
+                                    resume=resume, parallel=parallel, checkpoint_every=checkpoint_every, log=say)
+        except FieldError as e:  # a setting that fails only while training (a chunk out of memory)
+            error = ConfigError(f"variant {variant.name!r}: {config_error(e)}")
+            error.resumable = True  # type: ignore[attr-defined]  # the epochs checkpointed so far are kept
+            raise error from e
 
     extras: dict[str, Any] = {}
     if module is not None and callable(getattr(module, "post_train", None)):
         extras = module.post_train(TrainedVariant(variant, model, cfg, data, result)) or {}
     if not writer:
         return None
-    wall = time.perf_counter() - t0
-    vr = VariantResult(
-        name=variant.name, members=resolved, axes=variant.sweep.axes, history=result.history,
-        loss_history=result.loss_history, diverged_step=result.diverged_step, wall_time=wall,
-        epoch_times=np.asarray(result.epoch_times), spec=variant.to_dict(), extras=jsonable(extras),
+    # The engine's result, saved: the variant's name, swept axes and settings, no parameters.
+    vr = dataclasses.replace(
+        result, name=variant.name, axes=variant.sweep.axes, wall_time=time.perf_counter() - t0,
+        epoch_times=np.asarray(result.epoch_times), spec=variant.to_dict(),
+        extras={**jsonable(extras), "compile_seconds": float(result.compile_seconds)},
+        params=None, batch_stats=None, model=None,
     )
-    vr.extras["compile_seconds"] = float(result.compile_seconds)
     save_variant(out, vr)
     shutil.rmtree(ckpt, ignore_errors=True)  # the saved variant supersedes its checkpoint
+    kill_point("variant: checkpoint removed")
     return vr
 
 
@@ -183,6 +194,7 @@ def run_study(
     command: str | None = None,
     source: str | Path | None = None,
     log: Callable[[str], None] | None = None,
+    checkpoint_every: float = 0.0,
 ) -> tuple[Path, dict[str, Any] | None]:
     """Trains every variant of ``config``, then writes plots, ``summary.json`` and ``report.md``.
 
@@ -195,6 +207,8 @@ def run_study(
       command: the command line, recorded in the report.
       source: the config file, copied into the run directory.
       log: where status lines go (default: stderr).
+      checkpoint_every: seconds between a variant's checkpoints (0: every epoch; see
+        :func:`bnjax.train.train_ensemble`).
 
     Returns:
       ``(out_dir, summary)``; ``summary`` is what ``summary.json`` holds (claims with verdicts, final numbers),
@@ -237,7 +251,7 @@ def run_study(
         for variant in config.variants:
             if variant.name not in finished:
                 _train_variant(variant, datasets[variant.data], out, None, module, resume=train_resume,
-                               progress=False, parallel=config.parallel)
+                               progress=False, parallel=config.parallel, checkpoint_every=checkpoint_every)
         return out, None
     assert plan is not None
     with _rundir.RunDir(plan, config, command=command, source=source, device=_device(config.parallel),
@@ -245,9 +259,10 @@ def run_study(
         for variant in config.variants:
             if variant.name in finished:
                 say(f"{variant.name}: finished in an earlier run, kept")
+                shutil.rmtree(out / "checkpoints" / variant.name, ignore_errors=True)  # a kill left it behind
                 continue
             _train_variant(variant, datasets[variant.data], out, run.metrics, module, resume=train_resume,
-                           progress=progress, parallel=config.parallel)
+                           progress=progress, parallel=config.parallel, checkpoint_every=checkpoint_every, say=say)
         try:
             (out / "checkpoints").rmdir()  # only when every variant finished and removed its checkpoint
         except OSError:

@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 from flax import serialization
 
+from bnjax._faults import kill_point
+
 CHECKPOINT_NAME = "checkpoint.msgpack"
 PREVIOUS_NAME = "checkpoint.prev.msgpack"
 FORMAT_VERSION = 2
@@ -60,11 +62,19 @@ def data_identity(data: Any) -> dict[str, Any]:
     return ident
 
 
-def make_fingerprint(spec: Any, cfg: Any, members: list[dict[str, Any]], data: Any, **options: Any) -> dict[str, Any]:
-    """A JSON-friendly description of a run; two runs with equal fingerprints compute the same thing."""
+def plain(obj: Any) -> Any:
+    """A dataclass as a dict, anything else as it is (what a fingerprint records of a spec or a config)."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj
+
+
+def make_fingerprint(model: Any, cfg: Any, members: list[dict[str, Any]], data: Any, **options: Any) -> dict[str, Any]:
+    """A JSON-friendly description of a run; two runs with equal fingerprints compute the same thing.
+
+    ``model`` describes the model (a dataclass such as an :class:`bnjax.MLPSpec`, or JSON-able values).
+    """
     return json.loads(json.dumps({
-        "spec": dataclasses.asdict(spec),
-        "cfg": dataclasses.asdict(cfg),
+        "model": plain(model),
+        "cfg": plain(cfg),
         "members": members,
         "data": data_identity(data),
         "options": options,
@@ -154,10 +164,13 @@ def save_checkpoint(directory: str | os.PathLike[str], fingerprint: dict[str, An
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
+        kill_point("checkpoint: temporary file written")
         if target.exists():
             os.replace(target, previous_checkpoint_path(directory))
+            kill_point("checkpoint: newest kept as the previous")
         os.replace(tmp, target)
         tmp = None
+        kill_point("checkpoint: renamed into place")
         # Persist the renames themselves (the directory entries), so a power loss cannot bring old files back.
         dir_fd = os.open(directory, os.O_RDONLY)
         try:

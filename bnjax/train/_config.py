@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +18,7 @@ from bnjax.nn._checks import is_int as _is_int, is_number as _is_number
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "epoch_decay", "cosine")
 COMPUTE_DTYPES = ("float32", "bfloat16")
+MATMUL_PRECISIONS = (None, "default", "high", "highest")
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,15 @@ class TrainConfig:
         and running statistics stay float32; each step casts the floating parameters and the input to bfloat16,
         so matmuls and activations run in bfloat16, while every normalization computes its statistics and
         updates its running averages in float32 and the loss is reduced in float32 (see :func:`cast_compute`).
+      matmul_precision: precision of every matmul and convolution the step and the evaluation trace without
+        one of their own (``jax.default_matmul_precision``): None (JAX's default: float32 on a CPU, TF32 on
+        NVIDIA GPUs, bfloat16 passes on TPUs), ``"default"``, ``"high"`` or ``"highest"`` (true float32).
+      member_chunk: how many members one call of the compiled programs trains: ``"auto"`` (default) -- all of
+        them when they fit in the device's free memory (``memory_stats()`` on an accelerator, the host's
+        available memory on a CPU; with a safety margin), else the largest count that does; an int -- at most
+        that many (the last chunk is padded with copies whose results are dropped). Chunks run the same
+        compiled program one after another, so results equal one call up to float reassociation; it is a
+        placement, not a result: a checkpoint resumes under another value.
     """
 
     optimizer: str = "adam"
@@ -65,6 +75,8 @@ class TrainConfig:
     precise_bn_batches: int = 0
     seed: int = 0
     compute_dtype: str = "float32"
+    matmul_precision: str | None = None
+    member_chunk: int | Literal["auto"] = "auto"
 
     def __post_init__(self) -> None:
         bad = _validate(self)
@@ -109,7 +121,17 @@ def _validate(c: TrainConfig) -> tuple[str, Any, str] | None:
         return "precise_bn_batches", c.precise_bn_batches, "must be an int >= 0 (0 turns it off)."
     if not _is_int(c.seed) or c.seed < 0:
         return "seed", c.seed, "must be an int >= 0."
+    if c.matmul_precision not in MATMUL_PRECISIONS:
+        return "matmul_precision", c.matmul_precision, f"is not a valid option; use one of {MATMUL_PRECISIONS}."
+    if c.member_chunk != "auto" and (not _is_int(c.member_chunk) or c.member_chunk < 1):
+        return "member_chunk", c.member_chunk, ("must be 'auto' or a positive int (members trained per call of the "
+                                                "compiled program).")
     return None
+
+
+PLACEMENT_FIELDS = ("member_chunk",)
+"""TrainConfig fields that place the computation without changing its results (a checkpoint resumes under other
+values; compiled programs do not depend on them)."""
 
 
 MEMBER_FIELDS = ("seed", "learning_rate", "weight_scale", "dropout", "bn_momentum")

@@ -1,50 +1,24 @@
-"""What the engine trains: any :class:`bnjax.Layer`, or an :class:`bnjax.MLPSpec` built into one by
-:func:`bnjax.mlp`, plus the two training concerns that look inside a composition: the divergence sentinel and
-the dense first layer that an ensemble sharing its batches computes as one matmul."""
+"""What the engine reads of a :class:`bnjax.Layer` beyond ``init``/``apply``: which options it takes, and the two
+training concerns that look inside a composition: the divergence sentinel and the dense first layer that an
+ensemble sharing its batches computes as one matmul."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax.numpy as jnp
 
 from bnjax._typing import Array, Layer, Params, PRNGKey, State
 from bnjax.nn._combinators import apply_layers, layer_options, select_options
 from bnjax.nn._dense import dense
-from bnjax.nn._mlp import MLPSpec, mlp
 
 
-class Model(NamedTuple):
-    """A model as the engine sees it.
-
-    Attributes:
-      layer: the ``init``/``apply`` pair that is trained.
-      spec: the :class:`bnjax.MLPSpec` ``layer`` was built from, or None. An MLP takes flattened inputs
-        ``(N, in_features)``, and its members default to the spec's ``weight_scale``, ``dropout`` and
-        ``bn_momentum``; any other model keeps the data's example shape and its own settings.
-    """
-
-    layer: Layer
-    spec: MLPSpec | None = None
-
-    def takes(self, option: str, which: str = "apply") -> bool:
-        """Whether the model may read ``option`` (a layer that takes ``**options`` may read anything)."""
-        names = layer_options(self.layer, which)
-        return names is None or option in names
-
-
-def as_model(model: Any, fn: str) -> Model:
-    """``model`` (a :class:`bnjax.Layer`, an :class:`bnjax.MLPSpec` with its sizes set, or a :class:`Model`)
-    as a :class:`Model`; ``fn`` names the caller in the error."""
-    if isinstance(model, Model):
-        return model
-    if isinstance(model, MLPSpec):
-        return Model(mlp(model), model)
-    if isinstance(model, Layer):
-        return Model(model)
-    raise TypeError(f"{fn}: the model must be a bnjax.Layer (an init/apply pair, e.g. bnjax.serial(...)) or an "
-                    f"MLPSpec, got {type(model).__name__}.")
+def takes(layer: Layer, option: str, which: str = "apply") -> bool:
+    """Whether ``layer``'s ``which`` (``"init"``/``"apply"``) may read ``option`` (a layer taking ``**options``
+    may read anything)."""
+    names = layer_options(layer, which)
+    return names is None or option in names
 
 
 def _zero_sum(y: Array) -> Array:

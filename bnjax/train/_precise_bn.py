@@ -19,9 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from bnjax._typing import Array, Layer, Params, PRNGKey, State
-from bnjax.nn._combinators import select_options
-from bnjax.nn._mlp import MLPSpec
-from bnjax.train._model import Model, as_model, stats_layout
+from bnjax.nn._mlp import MLPSpec, as_layer
+from bnjax.train._model import stats_layout, takes
+from bnjax.train._step import matmul_precision_context
 
 _OPTIONS = ("bn_average", "bn_unbiased")
 
@@ -48,9 +48,9 @@ def _like(layout: State, stats: State) -> State:
     return {k: _like(v, stats[k]) if isinstance(v, Mapping) else v for k, v in layout.items()}
 
 
-def check_precise_options(model: Model, fn: str) -> None:
+def check_precise_options(layer: Layer, fn: str) -> None:
     """Raises ValueError unless the model's layers take the options precise BN runs them with."""
-    missing = [o for o in _OPTIONS if not model.takes(o)]
+    missing = [o for o in _OPTIONS if not takes(layer, o)]
     if missing:
         raise ValueError(f"{fn}: the model's layers take no {missing[0]!r} option, so its batch norms cannot be "
                          f"switched to averaging batch statistics; build them with bnjax.BatchNorm (or "
@@ -58,7 +58,7 @@ def check_precise_options(model: Model, fn: str) -> None:
 
 
 def _average_stats(
-    model: Model,
+    layer: Layer,
     params: Params,
     batch_stats: State,
     batches: Array,
@@ -66,10 +66,12 @@ def _average_stats(
     unbiased: bool,
     rate: Any,
     key: PRNGKey | None,
+    precision: str | None = None,
 ) -> State:
     """Core of :func:`recompute_batch_stats` on ``batches (B, m, ...)``; jit/vmap friendly.
 
-    ``rate``: the drop rate passed as the ``dropout`` option (0 turns dropout off), or None for the model's own.
+    ``rate``: the drop rate passed as the ``dropout`` option (0 turns dropout off), or None for the model's own;
+    ``precision``: the matmul precision the model is traced with (:attr:`TrainConfig.matmul_precision`).
     """
     # The layers' own cumulative mode is exactly "simple average of every batch's statistics": starting from
     # count 0, the initial values get weight 0. Momentum plays no part in it.
@@ -77,12 +79,13 @@ def _average_stats(
     use_dropout = not (isinstance(rate, (int, float)) and rate == 0)
     if rate is not None:
         options["dropout"] = rate if use_dropout else 0.0
-    options = select_options(model.layer, "apply", options)
+    options = {k: v for k, v in options.items() if takes(layer, k)}
 
     def body(stats, args):
         i, xb = args
         k = jax.random.fold_in(key, i) if use_dropout else None
-        _, stats = model.layer.apply(params, stats, xb, True, key=k, **options)
+        with matmul_precision_context(precision):
+            _, stats = layer.apply(params, stats, xb, True, key=k, **options)
         return stats, None
 
     stats, _ = jax.lax.scan(body, _zero_counted(batch_stats), (jnp.arange(batches.shape[0]), batches))
@@ -128,7 +131,7 @@ def recompute_batch_stats(
       model: a :class:`bnjax.Layer` or an :class:`bnjax.MLPSpec`.
       params: frozen parameters.
       batch_stats: current statistics (only their layout is used: a ``"count"`` is kept, set to ``B``).
-      x: ``(N, ...)`` training inputs; ``(N, spec.in_features)`` for an MLP.
+      x: ``(N, ...)`` training inputs (an MLP flattens each example).
       batch_size: ``m``, the batch size (use the training batch size: BN's statistics depend on it).
       num_batches: ``B``; default ``N // batch_size`` (every full batch).
       num_samples: alternatively, ``B = num_samples // batch_size``.
@@ -141,12 +144,13 @@ def recompute_batch_stats(
       New ``batch_stats`` with the layout of ``batch_stats`` (unchanged if the model has no batch norm).
     """
     fn = "recompute_batch_stats"
-    m = as_model(model, fn)
+    layer = as_layer(model, fn)
     x = jnp.asarray(x)
-    if m.spec is not None and (x.ndim != 2 or x.shape[1] != m.spec.in_features):
-        raise ValueError(f"{fn}: x has shape {tuple(x.shape)}, expected (N, {m.spec.in_features}); flatten it first.")
     if x.ndim < 1:
         raise ValueError(f"{fn}: x must have a leading example axis, got a scalar.")
+    # The model's own shape checks first (e.g. an MLP's input size), on shapes only.
+    jax.eval_shape(lambda p, s, xb: layer.apply(p, s, xb, False), params, batch_stats,
+                   jax.ShapeDtypeStruct((2, *x.shape[1:]), x.dtype))
     if not isinstance(batch_size, int) or batch_size < 2:
         raise ValueError(f"{fn}: batch_size={batch_size!r} must be an int >= 2 (BN needs a batch variance).")
     if num_batches is not None and num_samples is not None:
@@ -162,9 +166,9 @@ def recompute_batch_stats(
         )
     if not stats_layout(batch_stats):
         return batch_stats
-    check_precise_options(m, fn)
+    check_precise_options(layer, fn)
     if dropout is True:
-        rate = m.spec.dropout if m.spec is not None else None
+        rate = dict(layer.defaults).get("dropout")  # the model's own rate(s): an MLP's spec.dropout
     elif dropout is False:
         rate = 0.0
     else:
@@ -174,7 +178,7 @@ def recompute_batch_stats(
         raise ValueError(f"{fn}: dropout={dropout!r} (rate {'of the model' if rate is None else rate}) needs a PRNG "
                          f"key, e.g. key=jax.random.key(0).")
     return _recompute_jit(
-        m, params, batch_stats, x, None if rate is None else jnp.float32(rate),
+        layer, params, batch_stats, x, None if rate is None else jnp.float32(rate),
         key if use_dropout else jax.random.key(0),
         num_batches=num_batches, batch_size=batch_size, unbiased=bool(unbiased), use_dropout=use_dropout,
     )

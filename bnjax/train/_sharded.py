@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 from bnjax._typing import FieldError
 from bnjax.nn._checks import is_int
 from bnjax.train._config import TrainConfig
-from bnjax.train._model import Model
+from bnjax._typing import Layer
 from bnjax.train._step import epoch_batches, make_shared_batch_ensemble_step, make_train_step
 
 __all__ = ["Layout", "Parallel", "make_layout"]
@@ -185,7 +185,7 @@ def _slice_rows(idx: jax.Array, rows: int) -> jax.Array:
     return jax.lax.dynamic_slice_in_dim(idx, start, rows, axis=idx.ndim - 1)
 
 
-def make_sharded_epoch_fn(m: Model, cfg: TrainConfig, layout: Layout, *, num_train: int, shared_batches: bool,
+def make_sharded_epoch_fn(layer: Layer, cfg: TrainConfig, layout: Layout, *, num_train: int, shared_batches: bool,
                           use_dropout: bool) -> Callable[..., Any]:
     """``epoch(states, x, y, shuffle_key) -> (states, losses)`` for ``layout`` (to ``jax.jit`` as is).
 
@@ -197,10 +197,10 @@ def make_sharded_epoch_fn(m: Model, cfg: TrainConfig, layout: Layout, *, num_tra
     rows = bs // layout.data
     axis = DATA if layout.data > 1 else None
     if shared_batches:
-        batched_step = make_shared_batch_ensemble_step(m, cfg, steps, use_dropout=use_dropout, axis_name=axis,
+        batched_step = make_shared_batch_ensemble_step(layer, cfg, steps, use_dropout=use_dropout, axis_name=axis,
                                                        sync_bn=layout.sync_bn)
     else:
-        batched_step = jax.vmap(make_train_step(m, cfg, steps, use_dropout=use_dropout, axis_name=axis,
+        batched_step = jax.vmap(make_train_step(layer, cfg, steps, use_dropout=use_dropout, axis_name=axis,
                                                 sync_bn=layout.sync_bn))
 
     def epoch(states, x, y, shuffle_key):

@@ -1,109 +1,41 @@
-"""Train state, the pure training step, one epoch as a ``lax.scan``, and evaluation -- for any model.
+"""The pure training step, the epoch's batch order and evaluation -- for any :class:`bnjax.Layer`.
 
-A model is a :class:`bnjax.Layer` (``init``/``apply`` pair) or an :class:`bnjax.MLPSpec` (built by
-:func:`bnjax.mlp`). A member's traced settings reach it as options: ``init(key, weight_scale=...)`` and
-``apply(..., dropout=..., bn_momentum=...)`` (those the member sets), plus ``step`` (the global step count,
-for warm-up schedules such as batch renorm's) and, data parallel, ``axis_name`` where the model takes them.
+A member's traced settings reach the model as options: ``init(key, weight_scale=...)`` and ``apply(...,
+dropout=..., bn_momentum=...)`` (those the member sets), plus, where the model takes them, ``step`` (the
+global step count, for warm-up schedules such as batch renorm's), ``row_index`` (each row's position in the
+global batch: dropout masks are drawn per row from it) and, data parallel, ``axis_name``.
 
 Randomness is counter based: a member's dropout key at global step ``t`` is
-``fold_in(fold_in(member_key, DROPOUT), t)`` and its shuffle key in epoch ``e`` is
-``fold_in(fold_in(shuffle_key, SHUFFLE), e)``, so a run resumed from a checkpoint (which stores ``t``) draws
-exactly the numbers an uninterrupted run draws.
+``fold_in(fold_in(member_key, DROPOUT), t)``, the mask of the example in row ``r`` of the global batch is
+drawn from ``fold_in(that key's layer key, r)`` (:func:`bnjax.dropout` with ``row_index``), and the shuffle key
+in epoch ``e`` is ``fold_in(fold_in(shuffle_key, SHUFFLE), e)``. So a run resumed from a checkpoint (which
+stores ``t``) draws exactly the numbers an uninterrupted run draws, and no device layout or member chunking
+changes a mask.
 """
 
 from __future__ import annotations
 
-import math
+import contextlib
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
 
 from bnjax._typing import Array, Layer, Params, State
-from bnjax.nn._combinators import select_options
-from bnjax.nn._mlp import MLPSpec
+from bnjax.nn._mlp import MLPSpec, as_layer
 from bnjax.train._config import TrainConfig, cast_compute, is_weight, lr_factor, make_optimizer
-from bnjax.train._model import Model, as_model, first_dense, forward
+from bnjax.train._model import first_dense, forward, takes
+from bnjax.train._state import _DROPOUT, _SHUFFLE, TrainState, member_defaults
 
-# fold_in tags that separate the random streams derived from one seed.
-_INIT, _TRAIN, _SHUFFLE, _DROPOUT = 0, 1, 2, 3
-
-Step = Callable[["TrainState", tuple[Array, Array]], tuple["TrainState", dict[str, Array]]]
+Step = Callable[[TrainState, tuple[Array, Array]], tuple[TrainState, dict[str, Array]]]
 
 
-class TrainState(NamedTuple):
-    """Everything that changes during training, for one member (stacked on a leading axis for ensembles).
-
-    Attributes:
-      params, batch_stats: the model's pytrees (``model.init`` layout).
-      opt_state: optax state of :func:`make_optimizer`.
-      key: raw ``uint32`` key data of the member's training key (dropout, and shuffling unless shared).
-      hyper: the member's traced settings (float32): ``"learning_rate"`` plus the apply options it sets
-        (``"dropout"``, ``"bn_momentum"``; an MLP's members always set both).
-      step: global step count (int32), the number of steps taken so far.
-      diverged_step: -1, or the 0-based global step at which the member diverged (see
-        :func:`make_train_step`); from then on its parameters and batch statistics are frozen.
-    """
-
-    params: Params
-    batch_stats: State
-    opt_state: Any
-    key: Array
-    hyper: dict[str, Array]
-    step: Array
-    diverged_step: Array
-
-
-def member_keys(seed: int) -> tuple[Array, Array]:
-    """``(init_key, train_key)`` of a member, both derived from its seed only."""
-    base = jax.random.key(seed)
-    return jax.random.fold_in(base, _INIT), jax.random.fold_in(base, _TRAIN)
-
-
-def shared_shuffle_key(seed: int) -> Array:
-    """Raw key data of the shuffle stream that all members share when ``shared_batches=True``: the one a
-    member with this ``seed`` shuffles with on its own, so a run of one member is the same either way."""
-    return jax.random.key_data(member_keys(seed)[1])
-
-
-def init_train_state(
-    model: Layer | MLPSpec,
-    cfg: TrainConfig,
-    *,
-    seed: int | None = None,
-    weight_scale: Any = None,
-    learning_rate: Any = None,
-    dropout: Any = None,
-    bn_momentum: Any = None,
-) -> TrainState:
-    """The initial :class:`TrainState` of one member.
-
-    ``seed`` and ``learning_rate`` default to ``cfg``'s; ``weight_scale``, ``dropout`` and ``bn_momentum``
-    to the spec's for an :class:`bnjax.MLPSpec` and to "not set" (the layers' own values) for a Layer. The
-    model is initialised from ``member_keys(seed)[0]`` with ``init(key, weight_scale=...)`` when it is set;
-    every value but ``seed`` may be a traced scalar (so this function can be vmapped over members).
-    """
-    m = as_model(model, "init_train_state")
-    values = {"weight_scale": weight_scale, "dropout": dropout, "bn_momentum": bn_momentum}
-    if m.spec is not None:
-        values = {k: getattr(m.spec, k) if v is None else v for k, v in values.items()}
-    seed = cfg.seed if seed is None else seed
-    init_key, train_key = member_keys(seed)
-    init_options = {} if values["weight_scale"] is None else {"weight_scale": values["weight_scale"]}
-    params, batch_stats = m.layer.init(init_key, **select_options(m.layer, "init", init_options))
-    hyper = {"learning_rate": jnp.asarray(cfg.learning_rate if learning_rate is None else learning_rate, jnp.float32)}
-    hyper |= {k: jnp.asarray(values[k], jnp.float32) for k in ("dropout", "bn_momentum") if values[k] is not None}
-    return TrainState(
-        params=params,
-        batch_stats=batch_stats,
-        opt_state=make_optimizer(cfg).init(params),
-        key=jax.random.key_data(train_key),
-        hyper=hyper,
-        step=jnp.zeros((), jnp.int32),
-        diverged_step=jnp.full((), -1, jnp.int32),
-    )
+def matmul_precision_context(precision: str | None) -> contextlib.AbstractContextManager[Any]:
+    """The context in which a step or an evaluation is traced: ``jax.default_matmul_precision(precision)``, or
+    nothing for None (JAX's default)."""
+    return contextlib.nullcontext() if precision is None else jax.default_matmul_precision(precision)
 
 
 def l2_penalty(params: Params) -> Array:
@@ -123,11 +55,11 @@ def make_train_step(
 ) -> Step:
     """The pure training step ``step(state, (x, y)) -> (state, {"loss"})`` of one member.
 
-    One step on the mini-batch ``x (B, ...)`` (``(B, in_features)`` for an MLP), ``y (B,)`` int labels:
-    train-mode forward (batch statistics, dropout with the member's key and options), loss ``mean softmax-CE
-    + 0.5 * l2 * sum(W**2)``, gradient, ``params -= lr * schedule(step) * direction`` (:func:`make_optimizer`),
-    running statistics updated. Divergence: if the loss is non-finite, or any parameter is (detected through
-    the sentinel of the layers' outputs, at no extra pass over the parameters; see
+    One step on the mini-batch ``x (B, ...)``, ``y (B,)`` int labels: train-mode forward (batch statistics,
+    dropout with the member's key and options), loss ``mean softmax-CE + 0.5 * l2 * sum(W**2)``, gradient,
+    ``params -= lr * schedule(step) * direction`` (:func:`make_optimizer`), running statistics updated; traced
+    under ``cfg.matmul_precision``. Divergence: if the loss is non-finite, or any parameter is (detected
+    through the sentinel of the layers' outputs, at no extra pass over the parameters; see
     :func:`bnjax.train._model.forward`), the member is marked diverged at this step, and its parameters and
     batch statistics keep their values from before the step, in this and every later step (``jnp.where`` per
     member). Its reported loss is NaN from the next step on. An update that overflows a parameter while the
@@ -140,14 +72,17 @@ def make_train_step(
       cfg: training configuration (static).
       steps_per_epoch: steps per epoch (for ``"epoch_decay"``/``"cosine"`` schedules).
       use_dropout: False passes ``dropout=0.0`` instead of the member's traced rate, so dropout is compiled
-        out (no effect when the member sets no rate); default: ``spec.dropout > 0`` for an MLP, True
-        otherwise. An ensemble whose members sweep the rate passes True.
+        out (no effect when the member sets no rate); default: True unless the model's default rate
+        (``Layer.defaults``, an MLP's ``spec.dropout``) is 0. An ensemble whose members sweep the rate passes
+        True.
       axis_name: data-parallel axis (for use inside ``jax.shard_map``, see
         :func:`bnjax.train.make_data_parallel_step`): ``(x, y)`` is this device's equal-sized shard of the
         global batch and the state is replicated. The loss is then ``pmean`` of the local mean losses (the
         mean over all examples), so the gradient of the replicated parameters is that of the global batch;
-        the divergence test uses the ``psum`` of the sentinels, so it agrees on every device; the dropout key
-        is folded with ``lax.axis_index(axis_name)``. None (default): a single-device step.
+        the divergence test uses the ``psum`` of the sentinels, so it agrees on every device. The rows'
+        ``row_index`` are their positions in the global batch, so dropout draws one device's masks; a model
+        that takes no ``row_index`` gets its key folded with ``lax.axis_index(axis_name)`` instead. None
+        (default): a single-device step.
       sync_bn: with ``axis_name``: True -- the model gets the option ``axis_name``, so batch norm uses the
         global batch statistics (synchronized BN); False (or a model that takes no ``axis_name``) -- each
         device normalises with its own shard's statistics ("ghost" BN) and the replicated running statistics
@@ -157,16 +92,13 @@ def make_train_step(
     Returns:
       The step function; wrap it in ``jax.jit`` (and ``jax.vmap`` for ensembles).
     """
-    m = as_model(model, "make_train_step")
-    loss_fn, update = _step_parts(m, cfg, steps_per_epoch, use_dropout, axis_name=axis_name, sync_bn=sync_bn)
+    layer = as_layer(model, "make_train_step")
+    loss_fn, update = _step_parts(layer, cfg, steps_per_epoch, use_dropout, axis_name=axis_name, sync_bn=sync_bn)
 
     def step(state: TrainState, batch: tuple[Array, Array]) -> tuple[TrainState, dict[str, Array]]:
         x, y = batch
-        key = _dropout_key(state)
-        if axis_name is not None:
-            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         (loss, (new_stats, sentinel)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, state.batch_stats, x, y, key, state.hyper, state.step
+            state.params, state.batch_stats, x, y, _dropout_key(state), state.hyper, state.step
         )
         return update(state, loss, sentinel, new_stats, grads)
 
@@ -193,18 +125,20 @@ def make_shared_batch_ensemble_step(
     Other models run the vmapped step. ``axis_name``/``sync_bn``: data parallel, as for :func:`make_train_step`
     (``(x, y)`` is this device's shard of the shared batch).
     """
-    m = as_model(model, "make_shared_batch_ensemble_step")
-    single = make_train_step(m, cfg, steps_per_epoch, use_dropout=use_dropout, axis_name=axis_name, sync_bn=sync_bn)
+    layer = as_layer(model, "make_shared_batch_ensemble_step")
+    single = make_train_step(layer, cfg, steps_per_epoch, use_dropout=use_dropout, axis_name=axis_name,
+                             sync_bn=sync_bn)
     vmapped = jax.vmap(single, in_axes=(0, None))
-    name = first_dense(m.layer)
+    name = first_dense(layer)
     if name is None:
         return vmapped
-    loss_fn, update = _step_parts(m, cfg, steps_per_epoch, use_dropout, axis_name=axis_name, sync_bn=sync_bn)
+    loss_fn, update = _step_parts(layer, cfg, steps_per_epoch, use_dropout, axis_name=axis_name, sync_bn=sync_bn)
 
     def joint_loss(params, batch_stats, x, y, keys, hyper, steps):
         w = params[name]["weight"]  # (K, h, D)
         k, h, d = w.shape
-        first = jnp.swapaxes((w.reshape(k * h, d) @ x.T).reshape(k, h, -1), 1, 2)  # (K, B, h)
+        with matmul_precision_context(cfg.matmul_precision):
+            first = jnp.swapaxes((w.reshape(k * h, d) @ x.T).reshape(k, h, -1), 1, 2)  # (K, B, h)
 
         def member(p, s, f, key, hp, t):
             return loss_fn(p, s, None, y, key, hp, t, first=f)
@@ -217,8 +151,6 @@ def make_shared_batch_ensemble_step(
         if x.ndim != 2:
             return vmapped(states, batch)
         keys = jax.vmap(_dropout_key)(states)
-        if axis_name is not None:
-            keys = jax.vmap(lambda k: jax.random.fold_in(k, jax.lax.axis_index(axis_name)))(keys)
         (_, (losses, (new_stats, sentinels))), grads = jax.value_and_grad(joint_loss, has_aux=True)(
             states.params, states.batch_stats, x, y, keys, states.hyper, states.step
         )
@@ -232,7 +164,7 @@ def _dropout_key(state: TrainState) -> Array:
 
 
 def _step_parts(
-    m: Model,
+    layer: Layer,
     cfg: TrainConfig,
     steps_per_epoch: int,
     use_dropout: bool | None,
@@ -247,23 +179,30 @@ def _step_parts(
     """
     opt = make_optimizer(cfg)
     if use_dropout is None:
-        use_dropout = m.spec.dropout > 0 if m.spec is not None else True
-    bn_axis = axis_name if sync_bn and m.takes("axis_name") else None
-    pass_step = m.takes("step")
+        use_dropout = member_defaults(layer).get("dropout", 1.0) > 0
+    bn_axis = axis_name if sync_bn and takes(layer, "axis_name") else None
+    pass_step, pass_rows = takes(layer, "step"), takes(layer, "row_index")
 
     def loss_fn(params, batch_stats, x, y, key, hyper, step, first=None):
-        options = {k: v for k, v in hyper.items() if k != "learning_rate"}
+        options = {k: v for k, v in hyper.items() if k != "learning_rate" and takes(layer, k)}
         if not use_dropout and "dropout" in options:
             options["dropout"] = 0.0
         if bn_axis is not None:
             options["axis_name"] = bn_axis
         if pass_step:
             options["step"] = step
+        rows = y.shape[0]
+        offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * rows
+        if pass_rows:
+            options["row_index"] = offset + jnp.arange(rows, dtype=jnp.int32)
+        elif axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
         cparams, x = cast_compute(cfg.compute_dtype, params, x)
         if first is not None:  # the shared first-layer matmul of an ensemble, computed by the caller
             _, first = cast_compute(cfg.compute_dtype, None, first)
-        logits, new_stats, sentinel = forward(m.layer, cparams, batch_stats, x, True, key=key, first=first,
-                                              **options)
+        with matmul_precision_context(cfg.matmul_precision):
+            logits, new_stats, sentinel = forward(layer, cparams, batch_stats, x, True, key=key, first=first,
+                                                  **options)
         # The loss in float32 whatever the compute dtype (mixed precision, TrainConfig.compute_dtype).
         loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y))
         if axis_name is not None:
@@ -319,19 +258,19 @@ def evaluate(
     *,
     batch_size: int = 1000,
     compute_dtype: str = "float32",
+    matmul_precision: str | None = None,
 ) -> dict[str, Array]:
     """Eval-mode accuracy and mean softmax cross-entropy of one model on ``x (N, ...)``, ``y (N,)``.
 
     ``compute_dtype="bfloat16"`` runs the model as mixed-precision training does (parameters and input cast,
-    running statistics and the loss in float32; :class:`TrainConfig`).
+    running statistics and the loss in float32; :class:`TrainConfig`); ``matmul_precision`` as
+    :attr:`TrainConfig.matmul_precision`.
 
-    An MLP's inputs are flattened to ``(N, -1)``; any other model gets ``x`` as it is. Runs in chunks of
-    ``batch_size`` (the last chunk padded and masked), so memory stays bounded; jit- and vmap-compatible
-    (vmap over ``params``/``batch_stats`` for an ensemble). Returns ``{"acc", "loss"}`` (NaN for ``N == 0``).
+    Runs in chunks of ``batch_size`` (the last chunk padded and masked), so memory stays bounded; jit- and
+    vmap-compatible (vmap over ``params``/``batch_stats`` for an ensemble). Returns ``{"acc", "loss"}`` (NaN
+    for ``N == 0``).
     """
-    m = as_model(model, "evaluate")
-    if m.spec is not None:
-        x = jnp.reshape(x, (x.shape[0], math.prod(x.shape[1:])))
+    layer = as_layer(model, "evaluate")
     n = x.shape[0]
     if n == 0:
         return {"acc": jnp.full((), jnp.nan), "loss": jnp.full((), jnp.nan)}
@@ -345,7 +284,8 @@ def evaluate(
 
     def chunk(args):
         xc, yc, mc = args
-        logits, _ = m.layer.apply(cparams, batch_stats, xc, False)
+        with matmul_precision_context(matmul_precision):
+            logits, _ = layer.apply(cparams, batch_stats, xc, False)
         logits = logits.astype(jnp.float32)
         ce = optax.softmax_cross_entropy_with_integer_labels(logits, yc)
         correct = jnp.argmax(logits, axis=-1) == yc
