@@ -88,8 +88,8 @@ SCRIPT = textwrap.dedent(
     expect = {k: {"mean": m * 0.0 + (1 - m) * np.mean(v["mean"], 0), "var": m * 1.0 + (1 - m) * np.mean(v["var"], 0)}
               for k, v in stats.items()}
 
-    def shard_loss(params, x, y, key=None, rate=0.0):
-        logits, _ = mlp(spec).apply(params, g0.batch_stats, x, True, key=key, dropout=rate)
+    def shard_loss(params, x, y, key=None, rate=0.0, rows=None):
+        logits, _ = mlp(spec).apply(params, g0.batch_stats, x, True, key=key, dropout=rate, row_index=rows)
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
 
     loss_grad = jax.jit(jax.value_and_grad(shard_loss))
@@ -105,19 +105,20 @@ SCRIPT = textwrap.dedent(
         "vs_synced": err(g1.batch_stats["bn_0"]["var"], m + (1 - m) * global_var),
     }
 
-    # (c) dropout under ghost BN: device d draws with fold_in(step key, d), so shards get different masks.
+    # (c) dropout under ghost BN: device d holds rows 4d..4d+3 of the global batch and draws each row's mask from
+    # fold_in(layer key, its global row) (bnjax.dropout's row_index), so the shards draw one device's masks.
     dspec = spec.replace(dropout=0.4)
     q0 = init_train_state(dspec, sgd, seed=3)
     q1, qm = make_data_parallel_step(dspec, sgd, 10, mesh, sync_bn=False)(q0, (xs[0], ys[0]))
     # The documented dropout stream (bnjax/train/_step.py): fold_in(fold_in(member key, DROPOUT=3), step).
     k = jax.random.fold_in(jax.random.fold_in(jax.random.wrap_key_data(q0.key), 3), q0.step)
-    keyed = [(xs[0][d * 4:(d + 1) * 4], ys[0][d * 4:(d + 1) * 4], jax.random.fold_in(k, d)) for d in range(D)]
-    dloss, dgrads = zip(*[loss_grad(q0.params, x, y, kk, 0.4) for x, y, kk in keyed])
+    keyed = [(xs[0][d * 4:(d + 1) * 4], ys[0][d * 4:(d + 1) * 4], jnp.arange(4) + 4 * d) for d in range(D)]
+    dloss, dgrads = zip(*[loss_grad(q0.params, x, y, k, 0.4, rows) for x, y, rows in keyed])
     dloss = np.mean(dloss)
-    same_key = np.mean([loss_grad(q0.params, x, y, k, 0.4)[0] for x, y, _ in keyed])
+    local_rows = np.mean([loss_grad(q0.params, x, y, k, 0.4, jnp.arange(4))[0] for x, y, _ in keyed])
     out["dropout"] = {
         "params": tree_err(q1.params, jax.tree.map(lambda v, *g: v - 0.1 * sum(g) / D, q0.params, *dgrads)),
-        "loss": err(qm["loss"], dloss), "vs_same_key": abs(float(qm["loss"]) - float(same_key)),
+        "loss": err(qm["loss"], dloss), "vs_local_rows": abs(float(qm["loss"]) - float(local_rows)),
     }
 
     # (d) divergence is global: a NaN in one device's shard freezes the replicated state on every device.
@@ -190,10 +191,10 @@ def test_ghost_bn_averages_per_shard_updates(results):
     assert r["vs_synced"] > 1e-3, r
 
 
-def test_dropout_key_folded_with_device_index(results):
+def test_dropout_masks_follow_each_rows_global_position(results):
     r = results["dropout"]
     assert max(r["params"], r["loss"]) <= TOL, r
-    assert r["vs_same_key"] > 1e-4, r
+    assert r["vs_local_rows"] > 1e-4, r  # masks keyed by a shard's local rows would differ
 
 
 def test_divergence_is_decided_globally(results):

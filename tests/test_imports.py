@@ -34,7 +34,7 @@ def _layer(module: str) -> str | None:
         return None
     if parts[1] in ("nn", "data", "train", "run", "interop"):
         return parts[1]
-    return {"_typing": "base", "flax": "interop", "__main__": "run"}[parts[1]]
+    return {"_typing": "base", "_faults": "base", "flax": "interop", "__main__": "run"}[parts[1]]
 
 
 def _module_name(path: Path) -> str:

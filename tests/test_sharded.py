@@ -166,6 +166,9 @@ resumed = train_ensemble(spec, two, data, first(3), parallel=layout, checkpoint_
 on_one = train_ensemble(spec, two, data, first(3), checkpoint_dir=f"{tmp}/c", resume=True,
                         callback=lambda e, m: seen_c.append(e))
 out["resume_sharded"] = compare(resumed, whole_run) | {"epochs_trained": seen_b}
+# Chunks of members compose with the layout: chunks of 2 members, each sharded over the 2 member devices.
+out["chunks_of_2_members2"] = compare(
+    train_ensemble(spec, cfg.replace(member_chunk=2), data, first(3), parallel=Parallel(members=2)), ref)
 out["resume_one_device"] = compare(on_one, whole_run) | {"epochs_trained": seen_c}
 out["two_epochs_vs_one_device"] = compare(whole_run, train_ensemble(spec, two, data, first(3)))
 shutil.rmtree(tmp)
@@ -192,6 +195,16 @@ try:
 except ValueError as e:
     out["ghost_error"] = str(e)
 
+# Dropout masks are drawn per row of the global batch: members over 2 devices, each batch over 2 devices and
+# chunks of members all draw one device's masks.
+drop = spec.replace(dropout=0.3)
+drop_ref = train_ensemble(drop, cfg, data, first(3))
+out["dropout"] = {
+    name: compare(train_ensemble(drop, cfg.replace(member_chunk=chunk), data, first(3), parallel=layout_), drop_ref)
+    for name, layout_, chunk in (("members2", Parallel(members=2), "auto"), ("data2", Parallel(members=1, data=2), 2),
+                                 ("members2_data2", Parallel(members=2, data=2), "auto"))
+}
+
 out["errors"] = {
     "batch": error(Parallel(members=1, data=4)),
     "too_many": error(Parallel(members=3, data=2)),
@@ -217,13 +230,11 @@ for name, (members, shared, parallel) in runs.items():
     out[name] = compare(res, ref_shared if shared else ref)
 out["synced_bn"] = bn_stats_check(Parallel(members=1, data=2, sync_bn=True), 2)
 out["unsynced_bn_data2"] = bn_stats_check(Parallel(members=1, data=2, sync_bn=False), 2)
-# Dropout with data = 2: each device draws its own masks (so not one device's), only check that it trains.
-drop = train_ensemble(spec.replace(dropout=0.2), cfg, data, first(2), parallel=Parallel(members=1, data=2))
-out["dropout"] = {
-    "finite": bool(np.all(np.isfinite(drop.loss_history))) and bool(np.all(drop.diverged_step == -1)),
-    "val_acc_gain": float(np.min(drop.history["val_acc"][:, 1] - drop.history["val_acc"][:, 0])),
-    "val_acc": float(np.min(drop.history["val_acc"][:, 1])),
-}
+# Dropout with data = 2 and shared batches: the masks of one device.
+drop = spec.replace(dropout=0.2)
+out["dropout_data2_shared"] = compare(
+    train_ensemble(drop, cfg, data, MEMBERS, shared_batches=True, parallel=Parallel(members=1, data=2)),
+    train_ensemble(drop, cfg, data, MEMBERS, shared_batches=True))
 out["seconds"] = time.perf_counter() - t_start
 print("RESULT " + json.dumps(out))
 """
@@ -282,14 +293,14 @@ def test_unsynced_bn_running_stats_are_the_mean_of_the_devices_updates(results):
 
 def test_sharded_checkpoint_resumes_bit_identically(results):
     r = results["resume_sharded"]
-    assert r["epochs_trained"] == [2], r
+    assert r["epochs_trained"] == [0, 1, 2], r  # the checkpoint's epochs replayed, then epoch 2 trained
     _assert_matches(r, 3)
     assert r["params"] == r["batch_stats"] == r["history"] == r["loss_history"] == 0.0, r
 
 
 def test_sharded_checkpoint_resumes_on_one_device(results):
     r = results["resume_one_device"]
-    assert r["epochs_trained"] == [2], r
+    assert r["epochs_trained"] == [0, 1, 2], r
     _assert_matches(r, 3)
     _assert_matches(results["two_epochs_vs_one_device"], 3)
 
@@ -297,7 +308,18 @@ def test_sharded_checkpoint_resumes_on_one_device(results):
 def test_ghost_bn_with_data_parallel_equals_one_device(results):
     _assert_matches(results["ghost_data2"], 2)
     e = results["ghost_error"]
-    assert e is not None and "virtual_batch_size = 10" in e and "parallel.data = 2" in e and "25 rows" in e
+    assert e is not None and "virtual_batch_size=10" in e and "batch_size=50" in e and "25 rows" in e, e
+
+
+def test_chunks_of_members_compose_with_the_layout(results):
+    _assert_matches(results["chunks_of_2_members2"], 3)
+
+
+@pytest.mark.parametrize("case", ["members2", "data2", "members2_data2"])
+def test_dropout_masks_do_not_depend_on_the_layout(results, case):
+    r = results["dropout"][case]
+    _assert_matches(r, 3)
+    assert r["loss_history"] <= 1e-6 and r["params"] <= 1e-6, r
 
 
 def test_layouts_that_do_not_fit_name_the_keys(results):
@@ -322,10 +344,10 @@ def test_bn_running_stats_with_data_parallel(slow_results, case):
 
 
 @pytest.mark.slow
-def test_dropout_with_data_parallel_trains(slow_results):
-    r = slow_results["dropout"]
-    assert r["finite"], r
-    assert r["val_acc_gain"] > 0.3 and r["val_acc"] > 0.6, r
+def test_dropout_with_data_parallel_and_shared_batches_equals_one_device(slow_results):
+    r = slow_results["dropout_data2_shared"]
+    _assert_matches(r, 4)
+    assert r["loss_history"] <= 1e-6, r
 
 
 @pytest.mark.parametrize("kwargs,field", [
