@@ -32,6 +32,26 @@ def concrete_float(value: Any) -> float | None:
     return float(arr)
 
 
+PRECISIONS = ("default", "high", "highest")
+"""The matmul precisions a layer or config accepts by name (``jax.lax.Precision``'s values)."""
+PRECISION_EXPECTED = (f"is not a matmul precision; use one of {PRECISIONS} ('highest' is true float32) or leave it "
+                      f"unset (JAX's default: TF32 for float32 matmuls on NVIDIA GPUs).")
+"""The settings dataclasses' message for a bad precision (``MLPSpec.precision``, ``TrainConfig.matmul_precision``)."""
+
+
+def check_precision(fn: str, name: str, value: Any) -> jax.lax.Precision | None:
+    """``value`` as the ``precision=`` of ``jax.lax.dot_general``/``conv_general_dilated``: None (JAX's default,
+    ``jax_default_matmul_precision``), ``"default"``, ``"high"``, ``"highest"`` or a ``jax.lax.Precision``."""
+    if value is None or isinstance(value, jax.lax.Precision):
+        return value
+    if isinstance(value, str) and value in PRECISIONS:
+        return jax.lax.Precision(value)
+    raise ValueError(
+        f"{fn}: {name}={value!r} is not a matmul precision; use None (JAX's default, which runs float32 matmuls "
+        f"as TF32 on NVIDIA GPUs), 'default', 'high', 'highest' (true float32) or a jax.lax.Precision."
+    )
+
+
 def check_choice(fn: str, name: str, value: Any, choices: Iterable[str]) -> None:
     choices = tuple(choices)
     if value not in choices:

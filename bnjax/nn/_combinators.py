@@ -22,13 +22,14 @@ from bnjax.nn._dropout import dropout as dropout_fn
 from bnjax.nn._dropout import dropout_init
 from bnjax.nn._ghost import ghost_batch_norm
 from bnjax.nn._group_norm import _resolve_groups, group_norm, group_norm_init
-from bnjax.nn._checks import is_int
+from bnjax.nn._checks import check_precision, is_int
 from bnjax.nn._layer_norm import layer_norm, layer_norm_init
 from bnjax.nn._renorm import batch_renorm, renorm_schedule
 from bnjax.nn._rms_norm import rms_norm, rms_norm_init
 
-# Arguments of the contract itself, never routed as options.
-_RESERVED = frozenset({"params", "batch_stats", "x", "train", "key"})
+# Arguments of the contract itself, never routed as options; ``precision`` is fixed when a layer is built
+# (``Dense(..., precision=...)``), never a per-call option.
+_RESERVED = frozenset({"params", "batch_stats", "x", "train", "key", "precision"})
 
 
 # ------------------------------------------------------------------------------------------ option routing
@@ -53,14 +54,18 @@ def layer_options(layer: Layer, which: str = "apply") -> frozenset[str] | None:
     declares as keyword parameters (None when it takes ``**options``).
     """
     if layer.layers:
-        out: set[str] = set()
-        for _, sub in layer.layers:
-            names = layer_options(sub, which)
-            if names is None:
-                return None
-            out |= names
-        return frozenset(out)
+        return _read_by(layer.layers, which)
     return _declared(layer.init if which == "init" else layer.apply)
+
+
+def _read_by(layers: tuple[tuple[str, Layer], ...], which: str) -> frozenset[str] | None:
+    out: set[str] = set()
+    for _, sub in layers:
+        names = layer_options(sub, which)
+        if names is None:
+            return None
+        out |= names
+    return frozenset(out)
 
 
 def select_options(layer: Layer, which: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -166,16 +171,24 @@ def _no_key_init(init: Callable[[], tuple[Params, State]]) -> Callable[..., tupl
     return layer_init
 
 
-def Dense(in_features: int, out_features: int, **init_options: Any) -> Layer:
+def Dense(
+    in_features: int, out_features: int, *, precision: str | jax.lax.Precision | None = None, **init_options: Any
+) -> Layer:
     """:func:`bnjax.dense` as a :class:`Layer`; ``init_options`` go to :func:`bnjax.dense_init`.
 
-    Init option ``weight_scale`` overrides the constructor's (``init="normal"`` only; may be traced).
+    ``precision``: the matmul's precision (default None: JAX's default, TF32 for float32 on NVIDIA GPUs;
+    ``"highest"`` for true float32; see :func:`bnjax.dense`), checked here. Init option ``weight_scale``
+    overrides the constructor's (``init="normal"`` only; may be traced).
     """
+    precision = check_precision("Dense", "precision", precision)
+
     def init(key: PRNGKey, *, weight_scale: Any = None) -> tuple[Params, State]:
         extra = {} if weight_scale is None else {"weight_scale": weight_scale}
         return dense_init(key, in_features, out_features, **(init_options | extra))
 
-    return Layer(init, dense, "dense")
+    # The function itself (or a partial of it), so the training engine recognises a dense first layer.
+    apply = dense if precision is None else functools.partial(dense, precision=precision)
+    return Layer(init, apply, "dense")
 
 
 def BatchNorm(num_features: int, *, average: str = "ema", dtype: Any = None, **options: Any) -> Layer:

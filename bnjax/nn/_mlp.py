@@ -27,7 +27,7 @@ import jax.numpy as jnp
 
 from bnjax._typing import Array, FieldError, Layer, Params, PRNGKey, State
 from bnjax.nn._batch_norm import AVERAGES
-from bnjax.nn._checks import is_int as _is_int, is_number as _is_number
+from bnjax.nn._checks import PRECISION_EXPECTED, PRECISIONS, is_int as _is_int, is_number as _is_number
 from bnjax.nn._combinators import (
     Activation,
     BatchNorm,
@@ -91,6 +91,9 @@ class MLPSpec:
       renorm_warmup_steps: ``norm="renorm"``: steps of the linear ramp of the bounds from batch norm's
         (``rmax = 1``, ``dmax = 0``) to the final ones (:func:`bnjax.renorm_schedule`); 0: no ramp.
       renorm_hold_steps: ``norm="renorm"``: steps of plain batch norm before the ramp (the paper: 5000).
+      precision: matmul precision of the dense layers (:func:`bnjax.dense`): None (default) -- JAX's default
+        (on NVIDIA GPUs float32 matmuls run as TF32, about 1e-3 relative error); ``"default"``, ``"high"`` or
+        ``"highest"`` (true float32); a ``jax.lax.Precision`` is stored by its name (``"highest"``).
 
     Keys that belong to another norm are ignored (so a config may set them in a table its variants share).
     """
@@ -117,10 +120,13 @@ class MLPSpec:
     renorm_dmax: float = 5.0
     renorm_warmup_steps: int = 0
     renorm_hold_steps: int = 0
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden, list):
             object.__setattr__(self, "hidden", tuple(self.hidden))
+        if isinstance(self.precision, jax.lax.Precision):  # by name: hashable, JSON-able, equal either way
+            object.__setattr__(self, "precision", self.precision.name.lower())
         bad = _validate(self)
         if bad is not None:
             raise FieldError("MLPSpec", *bad)
@@ -189,6 +195,8 @@ def _validate(s: MLPSpec) -> tuple[str, Any, str] | None:
         return "renorm_rmax", s.renorm_rmax, "must be a number >= 1 (the bound of r = sigma_B / sigma; 1 is batch norm)."
     if not _is_number(s.renorm_dmax) or not s.renorm_dmax >= 0:
         return "renorm_dmax", s.renorm_dmax, "must be a number >= 0 (the bound of |d|; 0 is batch norm)."
+    if s.precision is not None and s.precision not in PRECISIONS:
+        return "precision", s.precision, PRECISION_EXPECTED
     if s.norm == "group":
         if s.groups is None and s.group_size is None:
             return "groups", None, ("is unset: norm='group' needs groups (the number of groups) or group_size "
@@ -274,7 +282,7 @@ def mlp(spec: MLPSpec) -> Layer:
     eval mode). ``key`` is required in train mode when the drop rate may be non-zero. Options (traced values
     allowed) override the spec per call: ``weight_scale`` at init, ``dropout``, ``bn_momentum``,
     ``bn_average``, ``bn_unbiased``, ``axis_name`` (synchronized batch norm) and ``step`` (renorm warm-up)
-    when applied (see :class:`bnjax.Layer`).
+    when applied (see :class:`bnjax.Layer`). The dense layers compute with ``spec.precision``.
     """
     if not isinstance(spec, MLPSpec):
         raise TypeError(f"mlp: spec must be an MLPSpec, got {type(spec).__name__}; e.g. mlp(MLPSpec(in_features=784)).")
@@ -294,7 +302,7 @@ def _build(spec: MLPSpec) -> Layer:
     for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         hidden = i < len(spec.hidden)
         layers.append(Dense(fan_in, fan_out, init=spec.init, weight_scale=spec.weight_scale,
-                            use_bias=not (hidden and shift)))
+                            use_bias=not (hidden and shift), precision=spec.precision))
         if not hidden:
             break
         norm = norm_layer(spec.norm, fan_out, **spec.norm_settings())

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 
 from bnjax._typing import FieldError
-from bnjax.nn._checks import is_int as _is_int, is_number as _is_number
+from bnjax.nn._checks import PRECISION_EXPECTED, PRECISIONS, is_int as _is_int, is_number as _is_number
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "epoch_decay", "cosine")
@@ -49,6 +49,11 @@ class TrainConfig:
         and running statistics stay float32; each step casts the floating parameters and the input to bfloat16,
         so matmuls and activations run in bfloat16, while every normalization computes its statistics and
         updates its running averages in float32 and the loss is reduced in float32 (see :func:`cast_compute`).
+      matmul_precision: the default precision of the matmuls and convolutions of training and evaluation
+        (``jax.default_matmul_precision``): None (default) -- JAX's own default, under which NVIDIA GPUs run
+        float32 matmuls as TF32 (about 1e-3 relative error; CPUs compute in float32 whatever the setting);
+        ``"default"``, ``"high"``, or ``"highest"`` (true float32 on every device). A layer built with its own
+        ``precision`` keeps it.
     """
 
     optimizer: str = "adam"
@@ -65,6 +70,7 @@ class TrainConfig:
     precise_bn_batches: int = 0
     seed: int = 0
     compute_dtype: str = "float32"
+    matmul_precision: str | None = None
 
     def __post_init__(self) -> None:
         bad = _validate(self)
@@ -82,6 +88,8 @@ def _validate(c: TrainConfig) -> tuple[str, Any, str] | None:
         return "optimizer", c.optimizer, f"is not a valid option; use one of {OPTIMIZERS}."
     if c.compute_dtype not in COMPUTE_DTYPES:
         return "compute_dtype", c.compute_dtype, f"is not a valid option; use one of {COMPUTE_DTYPES}."
+    if c.matmul_precision is not None and c.matmul_precision not in PRECISIONS:
+        return "matmul_precision", c.matmul_precision, PRECISION_EXPECTED
     if c.schedule not in SCHEDULES:
         return "schedule", c.schedule, f"is not a valid option; use one of {SCHEDULES}."
     for name in ("learning_rate", "lr_decay"):
