@@ -288,7 +288,7 @@ def test_flatten_and_global_avg_pool():
     layer = bnjax.Flatten()
     assert layer.init(None) == ({}, {})
     stats = {"kept": jnp.zeros(1)}
-    y, s = layer.apply({}, stats, x, True, dropout=0.5)  # options meant for other layers are ignored
+    y, s = layer.apply({}, stats, x, True)
     assert y.shape == (2, 60) and s is stats
     assert bnjax.GlobalAvgPool().apply({}, {}, x, False)[0].shape == (2, 5)
 

@@ -74,8 +74,21 @@ def select_options(layer: Layer, which: str, options: Mapping[str, Any]) -> dict
     return dict(options) if names is None else {k: v for k, v in options.items() if k in names}
 
 
+def check_options(owner: str, layers: tuple[tuple[str, Layer], ...], which: str, options: Mapping[str, Any]) -> None:
+    """Raises ValueError when no layer of ``layers`` reads one of ``options`` (a misspelt option would
+    otherwise be dropped silently); a layer that takes ``**options`` reads every option."""
+    names = _read_by(layers, which)
+    unread = [k for k in options if names is not None and k not in names]
+    if unread:
+        what = f"the {which} option {unread[0]!r}" if len(unread) == 1 else f"the {which} options {unread}"
+        reads = f"reads {sorted(names)}" if names else "reads no options"  # type: ignore[arg-type]
+        raise ValueError(f"{owner}: no layer of the model reads {what}; its {which} {reads} (a layer reads the "
+                         f"options it declares as keyword parameters).")
+
+
 def init_layers(layers: tuple[tuple[str, Layer], ...], key: PRNGKey, **options: Any) -> tuple[Params, State]:
-    """``init`` of a composition: layer ``i`` gets ``jax.random.fold_in(key, i)``; empty trees are left out."""
+    """``init`` of a composition: layer ``i`` gets ``jax.random.fold_in(key, i)`` and the options it declares;
+    empty trees are left out."""
     params, stats = {}, {}
     for i, (name, layer) in enumerate(layers):
         p, s = layer.init(jax.random.fold_in(key, i), **select_options(layer, "init", options))
@@ -100,7 +113,9 @@ def apply_layers(
 ) -> tuple[Array, State]:
     """``apply`` of a composition, the one place that derives the per-layer keys and routes options.
 
-    Layer ``i`` gets ``jax.random.fold_in(key, i)`` and the options it declares. ``start`` skips the first
+    Layer ``i`` gets ``jax.random.fold_in(key, i)`` and the options it declares (options no layer reads are
+    dropped: the public ``apply`` of :func:`serial` and :func:`bnjax.mlp` refuses them first, see
+    :func:`check_options`). ``start`` skips the first
     layers (``x`` is then the output of layer ``start - 1``; keys keep their positions) and ``tap(name,
     layer, y)`` sees every output: the training engine uses both (a first layer computed for a whole ensemble
     at once, a divergence check), the layers' results do not depend on them.
@@ -126,7 +141,8 @@ def serial(*layers: Layer, names: tuple[str, ...] | None = None) -> Layer:
     params/stats are left out of the dicts. Layer ``i`` gets ``jax.random.fold_in(key, i)`` as its key (in
     ``init`` and ``apply``), so keys are distinct per layer and a layer's draws do not change when another
     layer is replaced. Options (``init(key, **options)``, ``apply(..., **options)``) reach each layer that
-    declares them (see :class:`bnjax.Layer`).
+    declares them (see :class:`bnjax.Layer`); an option that no layer reads (a misspelling such as
+    ``bn_momentom``) raises ValueError naming it and the options the model reads.
     """
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
@@ -145,10 +161,12 @@ def serial(*layers: Layer, names: tuple[str, ...] | None = None) -> Layer:
     named = tuple(zip(names, layers))
 
     def init(key: PRNGKey, **options: Any) -> tuple[Params, State]:
+        check_options("serial", named, "init", options)
         return init_layers(named, key, **options)
 
     def apply(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
               **options: Any) -> tuple[Array, State]:
+        check_options("serial", named, "apply", options)
         return apply_layers(named, params, batch_stats, x, train, key=key, **options)
 
     return Layer(init, apply, "serial", named)

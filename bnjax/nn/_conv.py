@@ -255,8 +255,7 @@ def Conv(
     (``init``, ``weight_scale``, ``use_bias``, ``dtype``).
 
     The stride, padding, dilation, ``impl`` and ``precision`` (default None: JAX's default, see
-    :func:`bnjax.conv`) are checked here, when the model is built. The layer's ``apply`` accepts and ignores
-    extra keyword options (per-member settings meant for other layers of a model).
+    :func:`bnjax.conv`) are checked here, when the model is built. The layer reads no options.
     """
     r = len(_kernel_shape("Conv", kernel_size))
     _pairs("Conv", "stride", stride, r)
@@ -272,9 +271,8 @@ def Conv(
     def init(key: PRNGKey) -> tuple[Params, State]:
         return conv_init(key, in_channels, out_channels, kernel_size, **init_options)
 
-    def apply(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
-              **options: Any) -> tuple[Array, State]:
-        del options
+    def apply(params: Params, batch_stats: State, x: Array, train: bool, *,
+              key: PRNGKey | None = None) -> tuple[Array, State]:
         return conv(params, batch_stats, x, train, key=key, stride=stride, padding=padding, dilation=dilation,
                     impl=impl, precision=precision)
 

@@ -38,6 +38,9 @@ from bnjax.nn._combinators import (
     GroupNorm,
     LayerNorm,
     RMSNorm,
+    apply_layers,
+    check_options,
+    init_layers,
     serial,
 )
 from bnjax.nn._dense import INITS
@@ -282,7 +285,8 @@ def mlp(spec: MLPSpec) -> Layer:
     eval mode). ``key`` is required in train mode when the drop rate may be non-zero. Options (traced values
     allowed) override the spec per call: ``weight_scale`` at init, ``dropout``, ``bn_momentum``,
     ``bn_average``, ``bn_unbiased``, ``axis_name`` (synchronized batch norm) and ``step`` (renorm warm-up)
-    when applied (see :class:`bnjax.Layer`). The dense layers compute with ``spec.precision``.
+    when applied (see :class:`bnjax.Layer`); any other option raises ValueError. The dense layers compute with
+    ``spec.precision``.
     """
     if not isinstance(spec, MLPSpec):
         raise TypeError(f"mlp: spec must be an MLPSpec, got {type(spec).__name__}; e.g. mlp(MLPSpec(in_features=784)).")
@@ -311,8 +315,12 @@ def _build(spec: MLPSpec) -> Layer:
         layers.extend(layer for layer in block if layer is not None)
         if spec.dropout_layers == "all" or i == len(spec.hidden) - 1:
             layers.append(Dropout(spec.dropout))
-    body = serial(*layers)
+    named = serial(*layers).layers
     in_features = spec.in_features
+
+    def init(key: PRNGKey, **options: Any) -> tuple[Params, State]:
+        check_options("mlp", named, "init", options)
+        return init_layers(named, key, **options)
 
     def apply(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
               **options: Any) -> tuple[Array, State]:
@@ -321,9 +329,10 @@ def _build(spec: MLPSpec) -> Layer:
                 f"mlp: x has shape {tuple(x.shape)}, expected (N, {in_features}); flatten the input first, e.g. "
                 f"x.reshape(len(x), -1)."
             )
-        return body.apply(params, batch_stats, x, train, key=key, **options)
+        check_options("mlp", named, "apply", options)
+        return apply_layers(named, params, batch_stats, x, train, key=key, **options)
 
-    return Layer(body.init, apply, "mlp", body.layers)
+    return Layer(init, apply, "mlp", named)
 
 
 def mlp_init(key: PRNGKey, spec: MLPSpec, *, weight_scale: Any = None) -> tuple[Params, State]:
