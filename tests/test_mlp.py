@@ -257,7 +257,7 @@ def test_input_shape_and_missing_size_errors(key):
     ({"bn_momentum": 1.5}, r"bn_momentum=1.5 must be in \[0, 1\]"),
     ({"hidden": (10, 0)}, r"hidden=\(10, 0\) must be a tuple of positive ints"),
     ({"in_features": 0}, r"in_features=0 must be a positive int"),
-    ({"weight_scale": -1.0}, r"weight_scale=-1.0 must be a positive number"),
+    ({"weight_scale": -1.0}, r"weight_scale=-1.0 must be a positive finite number"),
     ({"bn_unbiased": 1}, r"bn_unbiased=1 must be True or False"),
     ({"norm": "group"}, r"groups=None is unset: norm='group' needs groups"),
     ({"norm": "group", "hidden": (6, 4), "groups": 3}, r"groups=3 does not divide the hidden width 4 .* \[1, 2\]"),

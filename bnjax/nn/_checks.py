@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import jax
@@ -15,8 +16,13 @@ def is_int(v: Any) -> bool:
 
 
 def is_number(v: Any) -> bool:
-    """A Python int or float that is not a bool."""
+    """A Python int or float that is not a bool (it may be inf or NaN: see :func:`is_finite`)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def is_finite(v: Any) -> bool:
+    """A Python int or a finite float, not a bool (config and spec validation: rejects inf, -inf and NaN)."""
+    return is_number(v) and math.isfinite(v)
 
 
 def concrete_float(value: Any) -> float | None:
@@ -98,9 +104,9 @@ def check_train(fn: str, train: Any) -> None:
 def check_eps(fn: str, eps: Any) -> float:
     """``eps`` as a Python float >= 0 (it is a static argument of the ``custom_vjp``)."""
     v = concrete_float(eps)
-    if v is None or not v >= 0.0:
+    if v is None or not 0.0 <= v < math.inf:
         raise ValueError(
-            f"{fn}: eps={eps!r} must be a concrete number >= 0 (it is added to the variance inside the square "
+            f"{fn}: eps={eps!r} must be a concrete finite number >= 0 (it is added to the variance inside the square "
             f"root), e.g. eps=1e-5."
         )
     return v

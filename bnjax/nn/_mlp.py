@@ -27,7 +27,13 @@ import jax.numpy as jnp
 
 from bnjax._typing import Array, FieldError, Layer, Params, PRNGKey, State
 from bnjax.nn._batch_norm import AVERAGES
-from bnjax.nn._checks import PRECISION_EXPECTED, PRECISIONS, is_int as _is_int, is_number as _is_number
+from bnjax.nn._checks import (
+    PRECISION_EXPECTED,
+    PRECISIONS,
+    is_finite as _is_finite,
+    is_int as _is_int,
+    is_number as _is_number,
+)
 from bnjax.nn._combinators import (
     Activation,
     BatchNorm,
@@ -90,7 +96,7 @@ class MLPSpec:
       group_size: ``norm="group"``: features per group instead of ``groups``.
       virtual_batch_size: ``norm="ghost"``: rows per ghost batch (>= 2; must divide the training batch size).
       renorm_rmax, renorm_dmax: ``norm="renorm"``: final clipping bounds of ``r`` (>= 1) and ``|d|`` (>= 0);
-        Ioffe (2017) ends at 3 and 5.
+        Ioffe (2017) ends at 3 and 5; ``inf`` is no bound.
       renorm_warmup_steps: ``norm="renorm"``: steps of the linear ramp of the bounds from batch norm's
         (``rmax = 1``, ``dmax = 0``) to the final ones (:func:`bnjax.renorm_schedule`); 0: no ramp.
       renorm_hold_steps: ``norm="renorm"``: steps of plain batch norm before the ramp (the paper: 5000).
@@ -182,8 +188,8 @@ def _validate(s: MLPSpec) -> tuple[str, Any, str] | None:
         return "bn_momentum", s.bn_momentum, "must be in [0, 1] (new = momentum * old + (1 - momentum) * batch)."
     for name in ("weight_scale", "bn_eps", "ln_eps"):
         v = getattr(s, name)
-        if not _is_number(v) or not v > 0:
-            return name, v, "must be a positive number."
+        if not _is_finite(v) or not v > 0:
+            return name, v, "must be a positive finite number."
     if not isinstance(s.bn_unbiased, bool):
         return "bn_unbiased", s.bn_unbiased, "must be True or False."
     for name in ("groups", "group_size", "virtual_batch_size"):
@@ -194,10 +200,13 @@ def _validate(s: MLPSpec) -> tuple[str, Any, str] | None:
         v = getattr(s, name)
         if not _is_int(v) or v < 0:
             return name, v, "must be an int >= 0 (steps; 0 turns it off)."
+    # inf is meaningful here: an unbounded clip (renorm_rmax = renorm_dmax = inf normalises with the running
+    # statistics, as in eval mode); NaN fails both comparisons.
     if not _is_number(s.renorm_rmax) or not s.renorm_rmax >= 1:
-        return "renorm_rmax", s.renorm_rmax, "must be a number >= 1 (the bound of r = sigma_B / sigma; 1 is batch norm)."
+        return "renorm_rmax", s.renorm_rmax, ("must be a number >= 1 (the bound of r = sigma_B / sigma; 1 is batch "
+                                              "norm, inf no bound).")
     if not _is_number(s.renorm_dmax) or not s.renorm_dmax >= 0:
-        return "renorm_dmax", s.renorm_dmax, "must be a number >= 0 (the bound of |d|; 0 is batch norm)."
+        return "renorm_dmax", s.renorm_dmax, "must be a number >= 0 (the bound of |d|; 0 is batch norm, inf no bound)."
     if s.precision is not None and s.precision not in PRECISIONS:
         return "precision", s.precision, PRECISION_EXPECTED
     if s.norm == "group":

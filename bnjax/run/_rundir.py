@@ -32,7 +32,6 @@ from typing import Any
 
 from bnjax.run._errors import RunError, RunInterrupted, Terminated
 from bnjax.run.config import ConfigError, DataConfig, StudyConfig, Variant, resolved_raw
-from bnjax.run.results import jsonable
 from bnjax.train._checkpoint import CheckpointError, verify_checkpoints
 
 LOCK_FILE = ".bnjax.lock"
@@ -124,6 +123,19 @@ class RunDirState:
     kind: str
     finished: tuple[str, ...] = ()
     detail: str = ""
+
+
+def config_text(config: StudyConfig) -> str:
+    """``config.json``: the resolved tables (:func:`bnjax.run.config.resolved_raw`) as JSON, every number kept as
+    given, so the file parses back to an equal config. An unbounded renorm clip (``model.renorm_rmax = inf``) is
+    written ``Infinity``, which Python's ``json`` (and so ``load_config``) reads back (``null`` would not parse);
+    other non-finite values are refused by the config checks before anything is written."""
+    return json.dumps(resolved_raw(config), indent=1)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    # Compared as canonical text, so that equal non-finite values (Infinity, NaN) compare equal.
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -270,9 +282,9 @@ def plan_run(out: Path, config: StudyConfig, *, resume: bool) -> RunPlan:
     saved = out / CONFIG_FILE
     # [parallel] only places the computation on devices, so a run may resume with another layout.
     before = {k: v for k, v in _read_json(saved).items() if k != "parallel"}
-    now = {k: v for k, v in jsonable(resolved_raw(config)).items() if k != "parallel"}
-    if before != now:
-        diffs = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    now = {k: v for k, v in json.loads(config_text(config)).items() if k != "parallel"}
+    if not _same_json(before, now):
+        diffs = [k for k in sorted(set(before) | set(now)) if not _same_json(before.get(k), now.get(k))]
         raise ConfigError(f"--resume: the config differs from the one saved in {saved} (tables {diffs}); "
                           f"resume with the same config and --set options, or use a new --out directory.")
     for v in config.variants:
@@ -399,7 +411,7 @@ class RunDir:
         if plan.replace:
             self.say(f"{out} holds a run that stopped before its first epoch ({state.detail}); replacing it.")
             _remove_written(out)
-        write_text(out / CONFIG_FILE, json.dumps(jsonable(resolved_raw(self.config)), indent=1))
+        write_text(out / CONFIG_FILE, config_text(self.config))
         src = Path(self.source) if self.source is not None else None
         if src is not None and src.is_file() and src.resolve() != (out / "config.source.toml").resolve():
             write_text(out / "config.source.toml", src.read_text())

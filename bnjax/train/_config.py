@@ -13,7 +13,13 @@ import numpy as np
 import optax
 
 from bnjax._typing import FieldError
-from bnjax.nn._checks import PRECISION_EXPECTED, PRECISIONS, is_int as _is_int, is_number as _is_number
+from bnjax.nn._checks import (
+    PRECISION_EXPECTED,
+    PRECISIONS,
+    is_finite as _is_finite,
+    is_int as _is_int,
+    is_number as _is_number,
+)
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "epoch_decay", "cosine")
@@ -94,8 +100,8 @@ def _validate(c: TrainConfig) -> tuple[str, Any, str] | None:
         return "schedule", c.schedule, f"is not a valid option; use one of {SCHEDULES}."
     for name in ("learning_rate", "lr_decay"):
         v = getattr(c, name)
-        if not _is_number(v) or not v > 0:
-            return name, v, "must be a positive number."
+        if not _is_finite(v) or not v > 0:
+            return name, v, "must be a positive finite number."
     if c.lr_decay != 1.0 and c.schedule != "epoch_decay":
         return "lr_decay", c.lr_decay, (f"only acts with schedule='epoch_decay' (got schedule={c.schedule!r}); "
                                         f"set both.")
@@ -103,8 +109,8 @@ def _validate(c: TrainConfig) -> tuple[str, Any, str] | None:
         return "momentum", c.momentum, "must be in [0, 1)."
     for name in ("weight_decay", "l2"):
         v = getattr(c, name)
-        if not _is_number(v) or v < 0:
-            return name, v, "must be a number >= 0."
+        if not _is_finite(v) or v < 0:
+            return name, v, "must be a finite number >= 0."
     if c.weight_decay and c.optimizer != "adamw":
         return "weight_decay", c.weight_decay, (f"is the decoupled decay of optimizer='adamw' (got "
                                                 f"optimizer={c.optimizer!r}); use l2 for a penalty in the loss, or "
