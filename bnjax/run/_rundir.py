@@ -178,6 +178,31 @@ def inspect_run_dir(out: Path) -> RunDirState:
     return RunDirState("failed", finished, started)
 
 
+def kept_message(out: Path) -> str | None:
+    """What ``--resume`` continues from in ``out`` after a run stopped, read from the disk (so no message claims a
+    checkpoint that is not there), as a clause: ``"the metrics and the last complete epoch's checkpoint are
+    saved in out"``; None when ``out`` holds no resumable run (nothing was kept)."""
+    try:
+        state = inspect_run_dir(out)
+    except (RunError, OSError):
+        return None
+    if state.kind != "interrupted":
+        return None
+    finished = list(state.finished)
+    saved = sorted({p.parent.name for p in checkpoint_files(out)} - set(finished))
+    items = [f"the finished variant{'s' if len(finished) > 1 else ''} {', '.join(map(repr, finished))}"] if finished else []
+    if saved:
+        of = f" of variant{'s' if len(saved) > 1 else ''} {', '.join(map(repr, saved))}" if finished or len(saved) > 1 else ""
+        items += ["the metrics", f"the last complete epoch's checkpoint{of}"]
+    else:
+        items.append("the metrics written so far")
+    text = (", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else items[0]) + f" are saved in {out}"
+    if not saved:
+        text += ("; there is no checkpoint of the unfinished variants, so they train again from their first epoch"
+                 if finished else "; there is no checkpoint yet, so training starts again from the first epoch")
+    return text
+
+
 # ------------------------------------------------------------------------------------------------- locking
 
 def _lock_holder(path: Path) -> str:
@@ -503,12 +528,3 @@ class RunDir:
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signum)
-
-
-def resume_state(out: Path) -> str:
-    """The kind of ``out`` (:func:`inspect_run_dir`), ``"absent"`` when it cannot be read."""
-    try:
-        return inspect_run_dir(out).kind
-    except (RunError, OSError):
-        return "absent"
-
