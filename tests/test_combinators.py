@@ -31,6 +31,7 @@ def test_tree_names_and_init_layout(key):
     assert params["ln_0"]["scale"].shape == (2,)
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a float64 reference: no TF32
 def test_state_threads_through_serial(key):
     model = _model()
     params, stats = model.init(key)

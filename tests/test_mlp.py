@@ -113,6 +113,7 @@ CASES = [
 ]
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a float64 reference: no TF32
 @pytest.mark.parametrize("norm, activation, position, extra", CASES)
 @pytest.mark.parametrize("train", [True, False])
 def test_forward_matches_numpy(key, norm, activation, position, extra, train):
@@ -152,6 +153,7 @@ def test_renorm_warmup_starts_as_batch_norm(key):
     assert not np.allclose(at0, final, atol=1e-3)
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a float64 reference: no TF32
 @pytest.mark.parametrize("where, positions", [("last", {2: 9}), ("all", {0: 3, 1: 7, 2: 11})])
 def test_dropout_placement_and_keys(key, where, positions):
     spec = MLPSpec(in_features=5, hidden=(6, 6, 6), num_classes=2, norm="batch", dropout=0.4,

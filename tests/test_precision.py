@@ -140,3 +140,9 @@ def test_train_matmul_precision_and_model_precision_are_checked_config_keys(tmp_
         load_config(path, ["train.matmul_precision=fast"])
     with pytest.raises(ConfigError, match=r"model\.precision = 'float32' is not a matmul precision"):
         load_config(path, ["model.precision=float32"])
+
+
+def test_the_highest_precision_fixture_reaches_the_compiled_program(highest_precision):
+    # tests/conftest.py's fixture, which the tests comparing float32 with float64 or foreign references use.
+    lowered = jax.jit(lambda a, b: a @ b).lower(jnp.ones((2, 2)), jnp.ones((2, 2))).as_text()
+    assert "precision = [HIGHEST, HIGHEST]" in lowered

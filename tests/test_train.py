@@ -32,6 +32,7 @@ def _batch(n=16, seed=0):
     return jnp.asarray(d.x_train[:n]), jnp.asarray(d.y_train[:n])
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a float64 reference: no TF32
 def test_step_lowers_loss_and_updates_stats():
     step = jax.jit(make_train_step(TOY_SPEC, TOY_CFG, steps_per_epoch=4))
     state = init_train_state(TOY_SPEC, TOY_CFG, seed=0)
