@@ -154,17 +154,22 @@ def test_damaged_newest_checkpoint_resumes_from_the_previous_one_bit_identical(p
     _assert_bit_identical(Path("out"), reference)
 
 
-def test_full_disk_mid_run_names_the_file_keeps_the_checkpoint_and_resumes(project, reference, monkeypatch, capsys):
+def _run_with_full_disk_at(monkeypatch, name: str) -> int:
+    """``_run("out")`` with the disk full when a checkpoint is renamed to ``name``."""
     real = os.replace
 
     def replace(src, dst):
-        if Path(dst).name == "checkpoint.prev.msgpack":  # the second epoch's save: the disk is full
+        if Path(dst).name == name:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(src, dst)
 
     with monkeypatch.context() as m:
         m.setattr(os, "replace", replace)
-        code = _run("out")
+        return _run("out")
+
+
+def test_full_disk_mid_run_names_the_file_keeps_the_checkpoint_and_resumes(project, reference, monkeypatch, capsys):
+    code = _run_with_full_disk_at(monkeypatch, "checkpoint.prev.msgpack")  # the second epoch's save
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert ("bnjax run: error: out/checkpoints/tiny/checkpoint.msgpack: could not write the checkpoint (No space "
@@ -189,16 +194,7 @@ def test_ctrl_c_before_the_first_epoch_claims_no_checkpoint(project, monkeypatch
 
 
 def test_full_disk_at_the_first_checkpoint_claims_no_checkpoint(project, monkeypatch, capsys):
-    real = os.replace
-
-    def replace(src, dst):
-        if Path(dst).name == "checkpoint.msgpack":  # the first epoch's save: the disk is full
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        return real(src, dst)
-
-    with monkeypatch.context() as m:
-        m.setattr(os, "replace", replace)
-        assert _run("out") == 2
+    assert _run_with_full_disk_at(monkeypatch, "checkpoint.msgpack") == 2  # the first epoch's save
     err = capsys.readouterr().err
     assert checkpoint_files(Path("out")) == [] and inspect_run_dir(Path("out")).kind == "interrupted"
     assert "checkpoint are kept" not in err and "checkpoint are saved" not in err  # what the old message said
