@@ -36,8 +36,10 @@ class Layer(NamedTuple):
     can sweep them per ensemble member (``jax.vmap`` over traced values). A layer declares the options it
     reads as keyword-only parameters; :func:`bnjax.serial` hands each layer only the options it declares
     (everything to a layer whose function takes ``**options``), so a plain ``apply(params, batch_stats, x,
-    train, *, key=None)`` composes too. ``None`` means "the value the layer was built with". The bnjax
-    layers read:
+    train, *, key=None)`` composes too; an option that no layer of the model reads (a misspelling such as
+    ``bn_momentom``) is a ValueError naming it and the options the model reads. ``None`` means "the value the
+    layer was built with". ``precision`` is not an option: it is fixed when a layer is built
+    (``Dense(..., precision="highest")``). The bnjax layers read:
 
     ==================  =======  =======================================================================
     option              where    read by

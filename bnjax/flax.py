@@ -7,11 +7,12 @@ one import and keeps its checkpoints::
     import bnjax.flax as bnn        # instead of: from flax import linen as nn (for these three layers)
     x = bnn.BatchNorm(use_running_average=not train)(x)
 
-As Flax: rank-1 inputs ``(C,)`` (init, eval, and training across ``axis_name``), complex inputs (complex
+As Flax: rank-1 inputs ``(C,)`` (init, eval, training, and training across ``axis_name``), complex inputs (complex
 mean, real ``mean(|x - mean|**2)`` variance; the running mean turns complex after the first update), masks,
 ``dtype``/``param_dtype``, the ``"dropout"`` stream and its masks (bitwise, also under ``jax_enable_x64``).
 Run against Flax's own tests for these layers (``tests/linen``, with the three classes swapped), all pass but
-three, for the differences below.
+the two ``LayerNorm``-against-``InstanceNorm`` comparisons of difference 1 below (``test_bind_stateful``, which
+trains on one value per feature, runs in bnjax's ``tests/test_flax_drop_in.py``).
 
 Every difference from ``flax.linen`` 0.12:
 
@@ -28,8 +29,11 @@ Every difference from ``flax.linen`` 0.12:
 3. Masks select: ``NaN``/``inf`` in masked-out entries reach no statistic and no gradient (in Flax the
    parameter gradients turn ``NaN``). Masked-out outputs hold Flax's values but carry no gradient.
 4. ``BatchNorm`` training on one value per feature (a ``(C,)`` or ``(1, C)`` input without ``axis_name`` or
-   ``mask``) raises after init: the batch variance is 0, so Flax silently returns the bias. Init returns
-   Flax's output (the bias) without complaint. (Flax's ``test_bind_stateful`` trains that way.)
+   ``mask``): the batch variance is 0, so the output is just the bias. Flax returns it silently; the drop-in
+   returns the same output and running statistics but warns (a ``UserWarning`` naming the shape, shown once
+   per shape by Python's default warning filter), since it is almost always a missing batch axis. Init
+   returns Flax's output without a warning. (Flax's ``test_bind_stateful`` trains that way.) The functional
+   :func:`bnjax.batch_norm` refuses such an input.
 5. Gradients: the analytic backward (``jax.custom_vjp``) by default, so ``jax.jvp``/``jax.jacfwd`` through the
    layer need ``grad="autodiff"`` (``jax.hessian`` works either way). Complex inputs always use autodiff.
 6. Extra fields: ``grad`` (``"analytic"``/``"autodiff"``), and ``unbiased_var`` on ``BatchNorm``.
@@ -37,6 +41,7 @@ Every difference from ``flax.linen`` 0.12:
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Sequence
 
 import flax.linen as nn
@@ -71,9 +76,9 @@ class BatchNorm(nn.Module):
     ``y = scale * (x - mean) / sqrt(var + epsilon) + bias`` with batch statistics in training
     (``use_running_average=False``) and ``new = momentum * old + (1 - momentum) * batch`` for the running
     ``batch_stats`` (Flax's default ``momentum=0.99``); the running statistics in eval mode. As in Flax, the
-    running statistics are not updated while initialising and ``axis_name`` is not used then; an init batch
-    with one value per feature (``(C,)`` or ``(1, C)``) gives Flax's output (the bias), but training on one
-    raises (see the module docstring). Complex ``x`` is normalised as Flax does, by autodiff.
+    running statistics are not updated while initialising and ``axis_name`` is not used then; a batch with one
+    value per feature (``(C,)`` or ``(1, C)``) gives Flax's output (the bias) and, in training after init, a
+    ``UserWarning`` (see the module docstring). Complex ``x`` is normalised as Flax does, by autodiff.
 
     Extra fields (bnjax): ``unbiased_var`` (store ``n/(n-1)`` variance, torch's rule), ``grad``
     (``"analytic"`` or ``"autodiff"``).
@@ -127,16 +132,19 @@ class BatchNorm(nn.Module):
         init = self.is_initializing()
         train = not use_ra
         axis_name = None if init else self.axis_name  # as Flax: the named axis need not exist during init
-        one_value = x.size // shape[0] == 1
-        if train and one_value and axis_name is None and mask is None and not init:
-            raise ValueError(
+        # One value per feature and nothing to share statistics with: the batch variance is 0 and the output the
+        # bias, which Flax returns; bnjax.batch_norm refuses it, the drop-in computes it as Flax does.
+        one_value = x.size == shape[0] > 0 and (init or (axis_name is None and mask is None))
+        if train and one_value and not init:
+            warnings.warn(
                 f"{fn}: training on x of shape {x.shape} gives 1 value per feature, so the batch variance is 0 and "
-                f"the output would be just the bias (Flax returns that silently). Pass a batch of at least 2, set "
-                f"axis_name to share the statistics across a vmap/shard_map axis, or use_running_average=True."
+                f"the output is just the bias (as in Flax). Pass a batch of at least 2, set axis_name to share the "
+                f"statistics across a vmap/shard_map axis, or use_running_average=True.", UserWarning,
             )
-        if jnp.iscomplexobj(x) or (train and init and one_value):
-            # Complex input (bnjax's analytic backward is for real x) or Flax's one-value init output: the
-            # shared statistics and autodiff normalization, with Flax's running-statistics rule.
+        if jnp.iscomplexobj(x) or (train and one_value) or shape[0] == 0:
+            # Complex input (bnjax's analytic backward is for real x), Flax's one-value output or no features at
+            # all (empty outputs, as Flax's): the shared statistics and autodiff normalization, with Flax's
+            # running-statistics rule.
             y, new = self._autodiff_path(x, feat, scale, bias, ra_mean.value, ra_var.value, train, axis_name, mask)
         else:
             y, new = batch_norm(

@@ -1,4 +1,4 @@
-"""Shared test fixtures: fixed PRNG keys and a float64 context for gradient checks."""
+"""Shared test fixtures: fixed PRNG keys, a float64 context for gradient checks, and true-float32 matmuls."""
 
 import os
 
@@ -19,4 +19,14 @@ def key():
 def x64():
     """Runs the test body with 64-bit floats enabled (gradient checks in float64)."""
     with jax.enable_x64(True):
+        yield
+
+
+@pytest.fixture
+def highest_precision():
+    """Runs the test body with float32 matmuls and convolutions computed in float32 (``jax.default_matmul_precision
+    ("highest")``). For tests that compare float32 results with a float64 or foreign reference (NumPy, torch,
+    Flax, a closed form) more tightly than TF32 allows: JAX's default on NVIDIA GPUs, about 1e-3 relative error
+    (https://docs.jax.dev/en/latest/201/precision.html). A CPU computes float32 either way."""
+    with jax.default_matmul_precision("highest"):
         yield

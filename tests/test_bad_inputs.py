@@ -11,6 +11,7 @@ import gzip
 import json
 import os
 import struct
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,3 +344,82 @@ def test_a_bug_is_not_disguised_as_bad_input(tmp_path, monkeypatch):
     with pytest.raises(ZeroDivisionError):
         cli.main(["run", "configs/bad.toml", "--out", "out"])
     assert not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------------------ non-finite numbers
+
+def _has_float(hint: Any) -> bool:
+    return hint is float or any(_has_float(a) for a in typing.get_args(hint) if a is not Ellipsis)
+
+
+def float_keys() -> list[tuple[str, str]]:
+    """``(table, key)`` for every float a config can set, read from the classes that validate them, so a new
+    field is covered by itself: the ``[model]`` (MLPSpec), ``[train]`` (TrainConfig), ``[sweep]`` (SweepConfig,
+    lists of floats) and ``[parallel]`` (Parallel) fields, ``[data]``'s prepare options, and the options of the
+    synthetic loader these tests read (``[data.loader]``)."""
+    from bnjax.data._registry import _entry
+    from bnjax.nn import MLPSpec
+    from bnjax.run._schema import field_hints
+    from bnjax.run.config import _MODEL_FROM_DATA, _PREPARE_HINTS, SweepConfig
+    from bnjax.train import Parallel, TrainConfig
+
+    loader = {k: v for k, v in typing.get_type_hints(_entry("synthetic").loader).items() if k != "return"}
+    tables = {"model": {k: v for k, v in field_hints(MLPSpec).items() if k not in _MODEL_FROM_DATA},
+              "train": field_hints(TrainConfig), "sweep": field_hints(SweepConfig), "parallel": field_hints(Parallel),
+              "data": _PREPARE_HINTS, "data.loader": loader}
+    return [(table, key) for table, hints in tables.items() for key, hint in hints.items() if _has_float(hint)]
+
+
+UNBOUNDED = {("model", "renorm_rmax"), ("model", "renorm_dmax")}  # inf is a clip that never binds: accepted
+NON_FINITE = ["inf", "-inf", "nan", "1e309"]  # 1e309 overflows to inf when the TOML value is parsed
+REFUSED = [(t, k, v) for t, k in float_keys() for v in NON_FINITE
+           if not ((t, k) in UNBOUNDED and v in ("inf", "1e309"))]
+
+
+def test_every_float_key_is_enumerated():
+    keys = float_keys()
+    for must in [("model", "bn_eps"), ("model", "renorm_rmax"), ("model", "renorm_dmax"), ("train", "l2"),
+                 ("train", "learning_rate"), ("sweep", "dropout"), ("data", "scale"), ("data.loader", "separation")]:
+        assert must in keys
+    assert not [k for t, k in keys if t == "parallel"]  # [parallel] holds ints and a bool today
+
+
+@pytest.mark.parametrize("table, key, value", REFUSED, ids=[f"{t}.{k}={v}" for t, k, v in REFUSED])
+def test_a_non_finite_number_is_refused_by_name_before_anything_is_written(table, key, value, tmp_path, monkeypatch,
+                                                                           capsys):
+    # model.bn_eps=inf, train.l2=nan and 1e309 used to pass the checks, write config.json with null in their
+    # place and stop with "config.json: model.bn_eps = None has the wrong type", leaving the directory behind.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "bad.toml").write_text(toml(BASE))
+    if table == "data.loader":
+        option = f"data.loader={{ {', '.join(f'{k} = {v}' for k, v in BASE['data']['loader'].items())}, {key} = {value} }}"
+    else:
+        option = f"{table}.{key}={f'[{value}]' if table == 'sweep' else value}"
+    code = cli.main(["run", "configs/bad.toml", "--out", "out", "--quiet", "--set", option])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    section, _, name = f"{table}.{key}".rpartition(".")
+    assert f"{section}.{name} = " in err or (f"[{section.split('.')[0]}]" in err and name in err), err
+    shown = {"1e309": "inf"}.get(value, value)
+    assert shown in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unbounded_renorm_clip_trains_survives_config_json_and_resumes(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "r.toml").write_text(toml(BASE))
+    options = ["model.norm=renorm", "model.renorm_rmax=1e309", "model.renorm_dmax=inf", "model.renorm_hold_steps=2",
+               "model.renorm_warmup_steps=3"]
+    argv = ["run", "configs/r.toml", "--out", "out", "--quiet", "--set", *options]
+    assert cli.main(argv) == 0, capsys.readouterr().err
+    saved = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert saved["model"]["renorm_rmax"] == saved["model"]["renorm_dmax"] == float("inf")
+    assert load_config(tmp_path / "out" / "config.json") == load_config("configs/r.toml", options)
+    # --resume compares the saved config with the command's: equal, so it rebuilds the report.
+    assert cli.main([*argv, "--resume"]) == 0, capsys.readouterr().err
+    assert cli.main([*argv, "model.renorm_rmax=3.0", "--resume"]) == 2  # a finite clip is another config
+    assert "--resume: the config differs from the one saved in out/config.json (tables ['model'])" in \
+        capsys.readouterr().err

@@ -31,6 +31,7 @@ def test_tree_names_and_init_layout(key):
     assert params["ln_0"]["scale"].shape == (2,)
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a float64 reference: no TF32
 def test_state_threads_through_serial(key):
     model = _model()
     params, stats = model.init(key)
@@ -120,6 +121,51 @@ def test_options_reach_only_the_layers_that_declare_them(key):
     assert seen == {"dropout": 0.5, "bn_momentum": 0.3}
     # The dropout option overrode the layer's rate 0: about half the units are dropped, the rest doubled.
     assert abs(float(jnp.mean(y == 0)) - 0.5) < 0.02 and set(np.unique(np.asarray(y))) == {0.0, 2.0}
+
+
+def test_an_option_no_layer_reads_is_an_error_naming_it_and_the_options_read(key):
+    model = _model()
+    params, stats = model.init(key)
+    x = jnp.ones((4, 3))
+    reads = r"\['axis_name', 'bn_average', 'bn_momentum', 'bn_unbiased', 'dropout'\]"
+    with pytest.raises(ValueError, match=r"serial: no layer of the model reads the apply option 'bn_momentom'; its "
+                                         r"apply reads " + reads) as info:
+        model.apply(params, stats, x, True, key=key, bn_momentom=0.5)  # silently ignored before
+    assert_reads_well(str(info.value))
+    with pytest.raises(ValueError, match=r"the apply options \['bn_momentom', 'dropuot'\]"):
+        model.apply(params, stats, x, True, key=key, bn_momentum=0.5, bn_momentom=0.5, dropuot=0.1)
+    with pytest.raises(ValueError, match=r"reads the apply option 'precision'"):  # fixed when a layer is built
+        model.apply(params, stats, x, True, key=key, precision="highest")
+    with pytest.raises(ValueError, match=r"serial: no layer of the model reads the init option 'weight_scal'; its "
+                                         r"init reads \['weight_scale'\]"):
+        model.init(key, weight_scal=0.1)
+    # A layer that reads no options, and compositions of them (convolution and pooling included).
+    cnn = bnjax.serial(bnjax.Conv(1, 2, 3), bnjax.MaxPool(2), bnjax.Flatten(), bnjax.Dense(8, 3))
+    p, s = cnn.init(key)
+    with pytest.raises(ValueError, match=r"reads the apply option 'dropout'; its apply reads no options"):
+        cnn.apply(p, s, jnp.ones((2, 4, 4, 1)), True, dropout=0.5)
+    # Nested: the outer composition reads what its parts read; routing is unchanged.
+    nested = bnjax.serial(bnjax.serial(bnjax.Dense(3, 4), bnjax.BatchNorm(4)), bnjax.Dropout(0.5))
+    p, s = nested.init(key)
+    y, _ = nested.apply(p, s, x, True, key=key, dropout=0.0, bn_momentum=0.5)
+    assert y.shape == (4, 4)
+    with pytest.raises(ValueError, match=r"'step'"):
+        nested.apply(p, s, x, True, key=key, step=3)
+
+
+def test_the_mlp_refuses_options_it_does_not_read(key):
+    spec = bnjax.MLPSpec(in_features=3, hidden=(4,), num_classes=2, norm="batch")
+    model = bnjax.mlp(spec)
+    params, stats = model.init(key)
+    with pytest.raises(ValueError, match=r"mlp: no layer of the model reads the apply option 'bn_momentom'"):
+        model.apply(params, stats, jnp.ones((4, 3)), True, key=key, bn_momentom=0.5)
+    with pytest.raises(ValueError, match=r"mlp: no layer of the model reads the init option 'weight_scal'"):
+        model.init(key, weight_scal=0.5)
+    with pytest.raises(ValueError, match=r"mlp: .* apply option 'step'; its apply reads \['axis_name', "):
+        model.apply(params, stats, jnp.ones((4, 3)), True, key=key, step=1)  # only renorm reads the step
+    # A layer that takes **options reads everything: no error.
+    greedy = bnjax.Layer(lambda k: ({}, {}), lambda p, s, x, train, *, key=None, **o: (x, s), "greedy")
+    assert bnjax.serial(greedy).apply({}, {}, x := jnp.ones(2), True, anything=1)[0] is x
 
 
 def test_layer_options_is_the_union_of_the_parts():

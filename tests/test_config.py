@@ -84,7 +84,7 @@ def test_sweep_members_are_the_cartesian_product_with_seed_fastest():
         ("model.norm_position=middle", r"model\.norm_position = 'middle' is not a valid option; use one of \('before'"),
         ("model.norms=batch", r"model\.norms is not a known key; valid keys in \[model\]: hidden, norm, dropout"),
         ("train.epochs=2.5", r"train\.epochs = 2\.5 has the wrong type: expected an integer"),
-        ("train.learning_rate=-1", r"train\.learning_rate = -1\.0 must be a positive number"),
+        ("train.learning_rate=-1", r"train\.learning_rate = -1\.0 must be a positive finite number"),
         ("train.optimizer=rmsprop", r"train\.optimizer = 'rmsprop' is not a valid option; use one of .*'adam'"),
         ("model.hidden=[10, 'a']", r"model\.hidden\[1\] = 'a' has the wrong type: expected an integer"),
         ("model.hidden=10", r"model\.hidden = 10 has the wrong type: expected a list of integers"),

@@ -18,7 +18,7 @@ def test_init_layout_and_forward(key):
     r = np.random.RandomState(50)
     params = {"weight": jnp.asarray(r.randn(4, 3), jnp.float32), "bias": jnp.asarray(r.randn(4), jnp.float32)}
     x = r.randn(5, 2, 3)
-    y, st = bnjax.dense(params, {}, jnp.asarray(x, jnp.float32), True)
+    y, st = bnjax.dense(params, {}, jnp.asarray(x, jnp.float32), True, precision="highest")  # vs float64: no TF32
     assert y.shape == (5, 2, 4) and st == {}
     want = x @ np.asarray(params["weight"], np.float64).T + np.asarray(params["bias"], np.float64)
     np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-5)

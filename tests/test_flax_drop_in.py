@@ -1,9 +1,12 @@
-"""bnjax.flax against flax.linen itself where Flax's tests found differences: a rank-1 input, complex inputs,
-NaN padding under a mask, and dropout masks under ``jax_enable_x64``.
+"""bnjax.flax against flax.linen itself where Flax's tests found differences: a rank-1 input (Flax's own
+``test_bind_stateful`` included), degenerate shapes, complex inputs, NaN padding under a mask, and dropout masks
+under ``jax_enable_x64``.
 
-The one remaining refusal (training on one value per feature, where Flax silently returns the bias) is
-tested too; the full list of differences is in the docstring of ``bnjax/flax.py``.
+Training on one value per feature (where Flax silently returns the bias) computes what Flax does and warns; the
+full list of differences is in the docstring of ``bnjax/flax.py``.
 """
+
+import warnings
 
 import flax.linen as fnn
 import jax
@@ -37,9 +40,91 @@ def test_batch_norm_rank1_input_in_init_and_eval_as_flax():
          "batch_stats": {"mean": jnp.asarray([0.5, -1.0, 2.0]), "var": jnp.asarray([2.0, 0.5, 1.0])}}
     _close(bnn.BatchNorm(use_running_average=True).apply(v, x), fnn.BatchNorm(use_running_average=True).apply(v, x),
            1e-6)
-    with pytest.raises(ValueError, match=r"shape \(3,\) gives 1 value per feature.*use_running_average=True") as info:
-        bnn.BatchNorm(use_running_average=False).apply(v, x, mutable=["batch_stats"])
-    _reads_well(str(info.value))
+    # Training: Flax returns the bias and updates the running mean towards x, the variance towards 0. The drop-in
+    # does the same (bnjax.batch_norm refuses), and says why the output is constant.
+    want = fnn.BatchNorm(use_running_average=False).apply(v, x, mutable=["batch_stats"])
+    with pytest.warns(UserWarning, match=r"bnjax.flax.BatchNorm: training on x of shape \(3,\) gives 1 value per "
+                                         r"feature.*use_running_average=True") as record:
+        got = bnn.BatchNorm(use_running_average=False).apply(v, x, mutable=["batch_stats"])
+    assert len(record) == 1
+    _reads_well(str(record[0].message))
+    _close(got, want, 1e-6)
+    np.testing.assert_array_equal(got[0], v["params"]["bias"])
+    def grad(m):
+        return jax.grad(lambda x: jnp.sum(m(use_running_average=False).apply(v, x, mutable=["batch_stats"])[0] ** 3))(x)
+
+    with pytest.warns(UserWarning):
+        _close(grad(bnn.BatchNorm), grad(fnn.BatchNorm), 0)
+    with pytest.raises(ValueError, match=r"1 value per feature"):  # the functional layer keeps refusing
+        bnjax.batch_norm(*bnjax.batch_norm_init(3), x, True)
+
+
+def test_flax_test_bind_stateful_passes_with_the_drop_in():
+    # The body of flax's tests/linen/linen_module_test.py::ModuleTest::test_bind_stateful (google/flax), run with
+    # flax.linen.BatchNorm and with bnjax.flax.BatchNorm: training on the (3,) output of Dense(3).
+    def test_bind_stateful(batch_norm):
+        class Foo(fnn.Module):
+            def setup(self):
+                self.a = fnn.Dense(3)
+                self.bn = batch_norm()
+                self.b = fnn.Dense(1)
+
+        def f(foo, x):
+            x = foo.a(x)
+            x = foo.bn(x, use_running_average=False)
+            return foo.b(x)
+
+        foo = Foo()
+        x = jnp.ones((4,))
+        f_init = fnn.init_with_output(f, foo)
+        y1, variables = f_init(jax.random.key(0), x)
+        foo_b = foo.bind(variables, mutable="batch_stats")
+        y2 = f(foo_b, x)
+        y3, new_state = fnn.apply(f, foo, mutable="batch_stats")(variables, x)
+        np.testing.assert_array_equal(y1, y2)  # flax: self.assertEqual(y1, y2) on these one-element arrays
+        np.testing.assert_array_equal(y2, y3)
+        bs_1 = new_state["batch_stats"]
+        bs_2 = foo_b.variables["batch_stats"]
+        for x, y in zip(jax.tree_util.tree_leaves(bs_1), jax.tree_util.tree_leaves(bs_2)):
+            np.testing.assert_allclose(x, y)
+        return y1, variables, new_state
+
+    want = test_bind_stateful(fnn.BatchNorm)
+    with pytest.warns(UserWarning, match=r"shape \(3,\) gives 1 value per feature"):
+        got = test_bind_stateful(bnn.BatchNorm)
+    _close(got, want, 1e-6)
+
+
+@pytest.mark.parametrize("shape, train", [((1, 1, 3), True), ((0, 3), True), ((4, 0), True), ((4, 0), False)])
+def test_batch_norm_degenerate_shapes_as_flax(shape, train):
+    # One value per feature, an empty batch (Flax's statistics are NaN) and no features at all (which raised
+    # ZeroDivisionError): outputs, running statistics and input gradients equal Flax's.
+    x = jnp.asarray(np.random.RandomState(4).randn(*shape).astype(np.float32))
+
+    def run(m):
+        v = m(use_running_average=not train).init(jax.random.key(0), x)
+        f = lambda x: m(use_running_average=not train).apply(v, x, mutable=["batch_stats"])  # noqa: E731
+        return v, f(x), jax.grad(lambda x: jnp.sum(f(x)[0] ** 3))(x)
+
+    want = run(fnn.BatchNorm)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the one-value warning, tested above
+        got = run(bnn.BatchNorm)
+    assert jax.tree.structure(got) == jax.tree.structure(want)
+    for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        assert u.shape == v.shape and u.dtype == v.dtype
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-6, atol=1e-6)  # NaN where Flax's is
+
+
+@pytest.mark.parametrize("shape", [(1,), (0, 3), (2, 0)])
+def test_layer_norm_degenerate_shapes_as_flax(shape):
+    x = jnp.asarray(np.random.RandomState(5).randn(*shape).astype(np.float32))
+
+    def run(m):
+        v = m().init(jax.random.key(0), x)
+        return m().apply(v, x), jax.grad(lambda x: jnp.sum(m().apply(v, x) ** 3))(x)
+
+    _close(run(bnn.LayerNorm), run(fnn.LayerNorm), 2e-5)  # the two-pass variance: rounding only
 
 
 def test_batch_norm_rank1_examples_under_vmap_with_axis_name_as_flax():

@@ -30,6 +30,7 @@ def _max_err(a, b):
     return max(float(jnp.max(jnp.abs(u - v))) for u, v in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a Flax reference: no TF32
 def test_flax_model_switches_by_import_and_keeps_checkpoint():
     flax_net, bnjax_net = make_net(fnn), make_net(bnn)
     rng = np.random.RandomState(0)

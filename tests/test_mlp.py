@@ -113,6 +113,7 @@ CASES = [
 ]
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a float64 reference: no TF32
 @pytest.mark.parametrize("norm, activation, position, extra", CASES)
 @pytest.mark.parametrize("train", [True, False])
 def test_forward_matches_numpy(key, norm, activation, position, extra, train):
@@ -152,6 +153,7 @@ def test_renorm_warmup_starts_as_batch_norm(key):
     assert not np.allclose(at0, final, atol=1e-3)
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a float64 reference: no TF32
 @pytest.mark.parametrize("where, positions", [("last", {2: 9}), ("all", {0: 3, 1: 7, 2: 11})])
 def test_dropout_placement_and_keys(key, where, positions):
     spec = MLPSpec(in_features=5, hidden=(6, 6, 6), num_classes=2, norm="batch", dropout=0.4,
@@ -257,7 +259,7 @@ def test_input_shape_and_missing_size_errors(key):
     ({"bn_momentum": 1.5}, r"bn_momentum=1.5 must be in \[0, 1\]"),
     ({"hidden": (10, 0)}, r"hidden=\(10, 0\) must be a tuple of positive ints"),
     ({"in_features": 0}, r"in_features=0 must be a positive int"),
-    ({"weight_scale": -1.0}, r"weight_scale=-1.0 must be a positive number"),
+    ({"weight_scale": -1.0}, r"weight_scale=-1.0 must be a positive finite number"),
     ({"bn_unbiased": 1}, r"bn_unbiased=1 must be True or False"),
     ({"norm": "group"}, r"groups=None is unset: norm='group' needs groups"),
     ({"norm": "group", "hidden": (6, 4), "groups": 3}, r"groups=3 does not divide the hidden width 4 .* \[1, 2\]"),

@@ -32,6 +32,7 @@ def _numpy_average(params, stats, x, bs, nb, unbiased):
     return {f"bn_{i}": {"mean": m / nb, "var": v / nb} for i, (m, v) in sums.items()}
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a float64 reference: no TF32
 @pytest.mark.parametrize("unbiased", [False, True])
 def test_equals_numpy_average_of_batch_statistics(key, unbiased):
     params, stats = _model(key)
@@ -46,6 +47,7 @@ def test_equals_numpy_average_of_batch_statistics(key, unbiased):
             np.testing.assert_allclose(got[name][k], want[name][k], rtol=2e-5, atol=1e-6, err_msg=f"{name}.{k}")
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a float64 reference: no TF32
 def test_default_uses_every_full_batch_and_num_samples(key):
     params, stats = _model(key)
     x = np.random.default_rng(2).standard_normal((45, 5)).astype(np.float32)
@@ -88,6 +90,7 @@ def test_errors(key):
         recompute_batch_stats(SPEC, params, stats, x[:, :4])
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a float64 reference: no TF32
 def test_layer_model_with_ghost_batch_norm(key):
     """Any Layer: statistics of a ghost BN inside serial are the average over batches of the mean ghost
     statistics (NumPy), and the input keeps its example shape."""

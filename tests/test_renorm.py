@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import bnjax
 from bnjax.nn._batch_norm import batch_norm, batch_norm_init
 from bnjax.nn._gradcheck import _three_way, numeric_vjp, rel_error
 from bnjax.nn._renorm import batch_renorm, renorm_schedule
@@ -187,6 +188,25 @@ def test_renorm_schedule_paper_setting():
     np.testing.assert_allclose(jax.jit(lambda s: renorm_schedule(s, warmup_steps=4))(jnp.int32(2)), (2.0, 2.5))
 
 
+def test_unbounded_clips_are_eval_normalisation_and_ramp_without_nan():
+    # rmax = dmax = inf (an accepted config value, model.renorm_rmax = inf): no clip, so the training output is
+    # the eval output; the warm-up holds batch norm's bounds, then jumps to the unbounded ones (0 * inf is no NaN).
+    rng = np.random.RandomState(3)
+    x = jnp.asarray(rng.randn(32, 4).astype(np.float32) * 3 + 1)
+    params, _ = batch_norm_init(4)
+    stats = {"mean": jnp.asarray(rng.randn(4), jnp.float32), "var": jnp.asarray(rng.uniform(0.2, 5, 4), jnp.float32)}
+    y_train, _ = batch_renorm(params, stats, x, True, rmax=float("inf"), dmax=float("inf"))
+    np.testing.assert_allclose(y_train, batch_renorm(params, stats, x, False)[0], atol=1e-5)
+    inf = float("inf")
+    kw = dict(hold_steps=5, warmup_steps=10, rmax_final=inf, dmax_final=inf)
+    got = [tuple(float(v) for v in renorm_schedule(t, **kw)) for t in (0, 5, 6, 15, 100)]
+    assert got == [(1.0, 0.0), (1.0, 0.0), (inf, inf), (inf, inf), (inf, inf)]
+    layer = bnjax.BatchRenorm(4, rmax=inf, dmax=inf, warmup_steps=10, hold_steps=5)
+    for step in (0, 20):
+        y, new = layer.apply(params, stats, x, True, step=step)
+        assert np.isfinite(np.asarray(y)).all() and np.isfinite(np.asarray(new["var"])).all()
+
+
 def test_renorm_errors():
     params, stats = batch_norm_init(3)
     x = jnp.ones((4, 3))
@@ -200,3 +220,5 @@ def test_renorm_errors():
         renorm_schedule(3, warmup_steps=0)
     with pytest.raises(ValueError, match="rmax_final=0.5 must be >= 1"):
         renorm_schedule(3, warmup_steps=10, rmax_final=0.5)
+    with pytest.raises(ValueError, match="rmax_final=nan must be >= 1"):
+        renorm_schedule(3, warmup_steps=10, rmax_final=float("nan"))

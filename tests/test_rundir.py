@@ -7,6 +7,7 @@ import errno
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pytest
 
 from bnjax.run import cli, runner
 from bnjax.run._errors import RunError
-from bnjax.run._rundir import MetricsLog, acquire_lock, inspect_run_dir
+from bnjax.run._rundir import MetricsLog, acquire_lock, checkpoint_files, inspect_run_dir, kept_message
 from bnjax.run.results import read_metrics
 from bnjax.train._checkpoint import checkpoint_path, verify_checkpoints
 
@@ -153,17 +154,22 @@ def test_damaged_newest_checkpoint_resumes_from_the_previous_one_bit_identical(p
     _assert_bit_identical(Path("out"), reference)
 
 
-def test_full_disk_mid_run_names_the_file_keeps_the_checkpoint_and_resumes(project, reference, monkeypatch, capsys):
+def _run_with_full_disk_at(monkeypatch, name: str) -> int:
+    """``_run("out")`` with the disk full when a checkpoint is renamed to ``name``."""
     real = os.replace
 
     def replace(src, dst):
-        if Path(dst).name == "checkpoint.prev.msgpack":  # the second epoch's save: the disk is full
+        if Path(dst).name == name:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(src, dst)
 
     with monkeypatch.context() as m:
         m.setattr(os, "replace", replace)
-        code = _run("out")
+        return _run("out")
+
+
+def test_full_disk_mid_run_names_the_file_keeps_the_checkpoint_and_resumes(project, reference, monkeypatch, capsys):
+    code = _run_with_full_disk_at(monkeypatch, "checkpoint.prev.msgpack")  # the second epoch's save
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert ("bnjax run: error: out/checkpoints/tiny/checkpoint.msgpack: could not write the checkpoint (No space "
@@ -173,6 +179,53 @@ def test_full_disk_mid_run_names_the_file_keeps_the_checkpoint_and_resumes(proje
     assert verify_checkpoints(Path("out/checkpoints/tiny"))[0] == Path("out/checkpoints/tiny/checkpoint.msgpack")
     assert cli.main(_resume_command(err)) == 0
     _assert_bit_identical(Path("out"), reference)
+
+
+def test_ctrl_c_before_the_first_epoch_claims_no_checkpoint(project, monkeypatch, capsys):
+    # Only the epoch-0 metrics (the untrained model's evaluation) exist: no checkpoint may be announced.
+    with monkeypatch.context() as m:
+        _at_epoch(m, 0, lambda: signal.raise_signal(signal.SIGINT))
+        assert _run("out") == 130
+    err = capsys.readouterr().err
+    assert checkpoint_files(Path("out")) == [] and {r["epoch"] for r in read_metrics(Path("out/metrics.jsonl"))} == {0}
+    assert ("bnjax run: interrupted (Ctrl-C) before an epoch finished; the metrics written so far are saved in out; "
+            "there is no checkpoint yet, so training starts again from the first epoch.\nresume with: bnjax run "
+            "configs/tiny.toml --out out --resume --quiet") in err
+
+
+def test_full_disk_at_the_first_checkpoint_claims_no_checkpoint(project, monkeypatch, capsys):
+    assert _run_with_full_disk_at(monkeypatch, "checkpoint.msgpack") == 2  # the first epoch's save
+    err = capsys.readouterr().err
+    assert checkpoint_files(Path("out")) == [] and inspect_run_dir(Path("out")).kind == "interrupted"
+    assert "checkpoint are kept" not in err and "checkpoint are saved" not in err  # what the old message said
+    assert ("The metrics written so far are saved in out; there is no checkpoint yet, so training starts again "
+            "from the first epoch; resume with: bnjax run configs/tiny.toml --out out --resume --quiet") in err
+
+
+def test_kept_message_names_what_is_on_disk(tmp_path):
+    from bnjax.train._checkpoint import save_checkpoint
+
+    out = tmp_path / "out"
+    assert kept_message(out) is None  # absent: nothing kept
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    (out / "metrics.jsonl").write_text(json.dumps({"variant": "a", "member": 0, "epoch": 0}) + "\n")
+    assert kept_message(out) == (f"the metrics written so far are saved in {out}; there is no checkpoint yet, so "
+                                 f"training starts again from the first epoch")
+    save_checkpoint(out / "checkpoints" / "a", {"run": 1}, {"epoch": 1})
+    assert kept_message(out) == f"the metrics and the last complete epoch's checkpoint are saved in {out}"
+    for name in ("a", "b"):
+        (out / "variants" / name).mkdir(parents=True)
+        (out / "variants" / name / "history.npz").write_bytes(b"")
+    save_checkpoint(out / "checkpoints" / "c", {"run": 1}, {"epoch": 1})
+    assert kept_message(out) == (f"the finished variants 'a', 'b', the metrics and the last complete epoch's "
+                                 f"checkpoint of variant 'c' are saved in {out}")
+    shutil.rmtree(out / "checkpoints")
+    assert kept_message(out) == (f"the finished variants 'a', 'b' and the metrics written so far are saved in {out}; "
+                                 f"there is no checkpoint of the unfinished variants, so they train again from their "
+                                 f"first epoch")
+    (out / "run.json").write_text(json.dumps({"status": "complete"}))
+    assert kept_message(out) is None
 
 
 # --------------------------------------------------------------------------- nothing half-written, locking

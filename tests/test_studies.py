@@ -307,6 +307,7 @@ def _recomputed_moments(tv, k):
     return {i: (np.mean([m[i][0] for m in per], 0), np.mean([m[i][1] for m in per], 0)) for i in (0, 1)}
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a float64 reference: no TF32
 def test_dropout_bn_shift_post_train_matches_numpy():
     tv = _trained("all", [0.0, 0.5], running_var=[2.0, 0.5])
     module = load_analysis(REPO / "experiments" / "dropout_bn_shift.py")
@@ -321,6 +322,7 @@ def test_dropout_bn_shift_post_train_matches_numpy():
     np.testing.assert_allclose(out["ratio_dropout_to_running"][1][0], out["ratio_eval_to_running"][1][0], rtol=1e-5)
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a float64 reference: no TF32
 def test_population_stats_post_train_matches_numpy():
     from mlp_reference import mlp_forward, softmax_cross_entropy
 

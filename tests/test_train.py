@@ -32,6 +32,7 @@ def _batch(n=16, seed=0):
     return jnp.asarray(d.x_train[:n]), jnp.asarray(d.y_train[:n])
 
 
+@pytest.mark.usefixtures("highest_precision")  # float32 against a float64 reference: no TF32
 def test_step_lowers_loss_and_updates_stats():
     step = jax.jit(make_train_step(TOY_SPEC, TOY_CFG, steps_per_epoch=4))
     state = init_train_state(TOY_SPEC, TOY_CFG, seed=0)
@@ -109,7 +110,7 @@ def test_l2_penalty_counts_dense_weights_only():
     ({"optimizer": "rmsprop"}, r"optimizer='rmsprop' is not a valid option"),
     ({"schedule": "step"}, r"schedule='step' is not a valid option"),
     ({"lr_decay": 0.9}, r"lr_decay=0.9 only acts with schedule='epoch_decay'"),
-    ({"learning_rate": 0.0}, r"learning_rate=0.0 must be a positive number"),
+    ({"learning_rate": 0.0}, r"learning_rate=0.0 must be a positive finite number"),
     ({"weight_decay": 0.1}, r"weight_decay=0.1 is the decoupled decay of optimizer='adamw'"),
     ({"batch_size": 0}, r"batch_size=0 must be a positive int"),
     ({"precise_bn_batches": -1}, r"precise_bn_batches=-1 must be an int >= 0"),

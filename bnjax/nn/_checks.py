@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Iterable
 
 import jax
@@ -15,8 +16,13 @@ def is_int(v: Any) -> bool:
 
 
 def is_number(v: Any) -> bool:
-    """A Python int or float that is not a bool."""
+    """A Python int or float that is not a bool (it may be inf or NaN: see :func:`is_finite`)."""
     return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def is_finite(v: Any) -> bool:
+    """A Python int or a finite float, not a bool (config and spec validation: rejects inf, -inf and NaN)."""
+    return is_number(v) and math.isfinite(v)
 
 
 def concrete_float(value: Any) -> float | None:
@@ -30,6 +36,26 @@ def concrete_float(value: Any) -> float | None:
     if arr.ndim != 0:
         return None
     return float(arr)
+
+
+PRECISIONS = ("default", "high", "highest")
+"""The matmul precisions a layer or config accepts by name (``jax.lax.Precision``'s values)."""
+PRECISION_EXPECTED = (f"is not a matmul precision; use one of {PRECISIONS} ('highest' is true float32) or leave it "
+                      f"unset (JAX's default: TF32 for float32 matmuls on NVIDIA GPUs).")
+"""The settings dataclasses' message for a bad precision (``MLPSpec.precision``, ``TrainConfig.matmul_precision``)."""
+
+
+def check_precision(fn: str, name: str, value: Any) -> jax.lax.Precision | None:
+    """``value`` as the ``precision=`` of ``jax.lax.dot_general``/``conv_general_dilated``: None (JAX's default,
+    ``jax_default_matmul_precision``), ``"default"``, ``"high"``, ``"highest"`` or a ``jax.lax.Precision``."""
+    if value is None or isinstance(value, jax.lax.Precision):
+        return value
+    if isinstance(value, str) and value in PRECISIONS:
+        return jax.lax.Precision(value)
+    raise ValueError(
+        f"{fn}: {name}={value!r} is not a matmul precision; use None (JAX's default, which runs float32 matmuls "
+        f"as TF32 on NVIDIA GPUs), 'default', 'high', 'highest' (true float32) or a jax.lax.Precision."
+    )
 
 
 def check_choice(fn: str, name: str, value: Any, choices: Iterable[str]) -> None:
@@ -78,9 +104,9 @@ def check_train(fn: str, train: Any) -> None:
 def check_eps(fn: str, eps: Any) -> float:
     """``eps`` as a Python float >= 0 (it is a static argument of the ``custom_vjp``)."""
     v = concrete_float(eps)
-    if v is None or not v >= 0.0:
+    if v is None or not 0.0 <= v < math.inf:
         raise ValueError(
-            f"{fn}: eps={eps!r} must be a concrete number >= 0 (it is added to the variance inside the square "
+            f"{fn}: eps={eps!r} must be a concrete finite number >= 0 (it is added to the variance inside the square "
             f"root), e.g. eps=1e-5."
         )
     return v

@@ -22,13 +22,14 @@ from bnjax.nn._dropout import dropout as dropout_fn
 from bnjax.nn._dropout import dropout_init
 from bnjax.nn._ghost import ghost_batch_norm
 from bnjax.nn._group_norm import _resolve_groups, group_norm, group_norm_init
-from bnjax.nn._checks import is_int
+from bnjax.nn._checks import check_precision, is_int
 from bnjax.nn._layer_norm import layer_norm, layer_norm_init
 from bnjax.nn._renorm import batch_renorm, renorm_schedule
 from bnjax.nn._rms_norm import rms_norm, rms_norm_init
 
-# Arguments of the contract itself, never routed as options.
-_RESERVED = frozenset({"params", "batch_stats", "x", "train", "key"})
+# Arguments of the contract itself, never routed as options; ``precision`` is fixed when a layer is built
+# (``Dense(..., precision=...)``), never a per-call option.
+_RESERVED = frozenset({"params", "batch_stats", "x", "train", "key", "precision"})
 
 
 # ------------------------------------------------------------------------------------------ option routing
@@ -53,14 +54,18 @@ def layer_options(layer: Layer, which: str = "apply") -> frozenset[str] | None:
     declares as keyword parameters (None when it takes ``**options``).
     """
     if layer.layers:
-        out: set[str] = set()
-        for _, sub in layer.layers:
-            names = layer_options(sub, which)
-            if names is None:
-                return None
-            out |= names
-        return frozenset(out)
+        return _read_by(layer.layers, which)
     return _declared(layer.init if which == "init" else layer.apply)
+
+
+def _read_by(layers: tuple[tuple[str, Layer], ...], which: str) -> frozenset[str] | None:
+    out: set[str] = set()
+    for _, sub in layers:
+        names = layer_options(sub, which)
+        if names is None:
+            return None
+        out |= names
+    return frozenset(out)
 
 
 def select_options(layer: Layer, which: str, options: Mapping[str, Any]) -> dict[str, Any]:
@@ -69,8 +74,21 @@ def select_options(layer: Layer, which: str, options: Mapping[str, Any]) -> dict
     return dict(options) if names is None else {k: v for k, v in options.items() if k in names}
 
 
+def check_options(owner: str, layers: tuple[tuple[str, Layer], ...], which: str, options: Mapping[str, Any]) -> None:
+    """Raises ValueError when no layer of ``layers`` reads one of ``options`` (a misspelt option would
+    otherwise be dropped silently); a layer that takes ``**options`` reads every option."""
+    names = _read_by(layers, which)
+    unread = [k for k in options if names is not None and k not in names]
+    if unread:
+        what = f"the {which} option {unread[0]!r}" if len(unread) == 1 else f"the {which} options {unread}"
+        reads = f"reads {sorted(names)}" if names else "reads no options"  # type: ignore[arg-type]
+        raise ValueError(f"{owner}: no layer of the model reads {what}; its {which} {reads} (a layer reads the "
+                         f"options it declares as keyword parameters).")
+
+
 def init_layers(layers: tuple[tuple[str, Layer], ...], key: PRNGKey, **options: Any) -> tuple[Params, State]:
-    """``init`` of a composition: layer ``i`` gets ``jax.random.fold_in(key, i)``; empty trees are left out."""
+    """``init`` of a composition: layer ``i`` gets ``jax.random.fold_in(key, i)`` and the options it declares;
+    empty trees are left out."""
     params, stats = {}, {}
     for i, (name, layer) in enumerate(layers):
         p, s = layer.init(jax.random.fold_in(key, i), **select_options(layer, "init", options))
@@ -95,7 +113,9 @@ def apply_layers(
 ) -> tuple[Array, State]:
     """``apply`` of a composition, the one place that derives the per-layer keys and routes options.
 
-    Layer ``i`` gets ``jax.random.fold_in(key, i)`` and the options it declares. ``start`` skips the first
+    Layer ``i`` gets ``jax.random.fold_in(key, i)`` and the options it declares (options no layer reads are
+    dropped: the public ``apply`` of :func:`serial` and :func:`bnjax.mlp` refuses them first, see
+    :func:`check_options`). ``start`` skips the first
     layers (``x`` is then the output of layer ``start - 1``; keys keep their positions) and ``tap(name,
     layer, y)`` sees every output: the training engine uses both (a first layer computed for a whole ensemble
     at once, a divergence check), the layers' results do not depend on them.
@@ -121,7 +141,8 @@ def serial(*layers: Layer, names: tuple[str, ...] | None = None) -> Layer:
     params/stats are left out of the dicts. Layer ``i`` gets ``jax.random.fold_in(key, i)`` as its key (in
     ``init`` and ``apply``), so keys are distinct per layer and a layer's draws do not change when another
     layer is replaced. Options (``init(key, **options)``, ``apply(..., **options)``) reach each layer that
-    declares them (see :class:`bnjax.Layer`).
+    declares them (see :class:`bnjax.Layer`); an option that no layer reads (a misspelling such as
+    ``bn_momentom``) raises ValueError naming it and the options the model reads.
     """
     for i, layer in enumerate(layers):
         if not isinstance(layer, Layer):
@@ -140,10 +161,12 @@ def serial(*layers: Layer, names: tuple[str, ...] | None = None) -> Layer:
     named = tuple(zip(names, layers))
 
     def init(key: PRNGKey, **options: Any) -> tuple[Params, State]:
+        check_options("serial", named, "init", options)
         return init_layers(named, key, **options)
 
     def apply(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
               **options: Any) -> tuple[Array, State]:
+        check_options("serial", named, "apply", options)
         return apply_layers(named, params, batch_stats, x, train, key=key, **options)
 
     return Layer(init, apply, "serial", named)
@@ -166,16 +189,24 @@ def _no_key_init(init: Callable[[], tuple[Params, State]]) -> Callable[..., tupl
     return layer_init
 
 
-def Dense(in_features: int, out_features: int, **init_options: Any) -> Layer:
+def Dense(
+    in_features: int, out_features: int, *, precision: str | jax.lax.Precision | None = None, **init_options: Any
+) -> Layer:
     """:func:`bnjax.dense` as a :class:`Layer`; ``init_options`` go to :func:`bnjax.dense_init`.
 
-    Init option ``weight_scale`` overrides the constructor's (``init="normal"`` only; may be traced).
+    ``precision``: the matmul's precision (default None: JAX's default, TF32 for float32 on NVIDIA GPUs;
+    ``"highest"`` for true float32; see :func:`bnjax.dense`), checked here. Init option ``weight_scale``
+    overrides the constructor's (``init="normal"`` only; may be traced).
     """
+    precision = check_precision("Dense", "precision", precision)
+
     def init(key: PRNGKey, *, weight_scale: Any = None) -> tuple[Params, State]:
         extra = {} if weight_scale is None else {"weight_scale": weight_scale}
         return dense_init(key, in_features, out_features, **(init_options | extra))
 
-    return Layer(init, dense, "dense")
+    # The function itself (or a partial of it), so the training engine recognises a dense first layer.
+    apply = dense if precision is None else functools.partial(dense, precision=precision)
+    return Layer(init, apply, "dense")
 
 
 def BatchNorm(num_features: int, *, average: str = "ema", dtype: Any = None, **options: Any) -> Layer:

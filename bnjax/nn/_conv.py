@@ -128,7 +128,8 @@ def resolve_padding(fn: str, padding: Padding, ndim: int) -> str | tuple[tuple[i
 
 
 def _conv_patches(
-    x: Array, w: Array, strides: tuple[int, ...], pad: Any, dilations: tuple[int, ...]
+    x: Array, w: Array, strides: tuple[int, ...], pad: Any, dilations: tuple[int, ...],
+    precision: jax.lax.Precision | None = None,
 ) -> Array:
     """The convolution as one matrix product (im2col): ``patches(x) @ weight.reshape(k * C_in, C_out)``.
 
@@ -150,7 +151,7 @@ def _conv_patches(
         slices.append(jax.lax.slice(xp, start, limit, (1, *strides, 1)))
     patches = jnp.stack(slices, axis=-2)  # (N, *out, k, C_in)
     k_in = math.prod(ks) * x.shape[-1]
-    return patches.reshape(*patches.shape[:-2], k_in) @ w.reshape(k_in, w.shape[-1])
+    return jnp.matmul(patches.reshape(*patches.shape[:-2], k_in), w.reshape(k_in, w.shape[-1]), precision=precision)
 
 
 def conv(
@@ -164,6 +165,7 @@ def conv(
     padding: Padding = "SAME",
     dilation: int | Sequence[int] = 1,
     impl: str = "auto",
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[Array, State]:
     """Convolution (cross-correlation, as every deep-learning library) of a channels-last input.
 
@@ -189,6 +191,10 @@ def conv(
         with batch norm, channels (16, 32), batch 50, one Adam step): ``"xla"`` 29 ms per step as a jitted
         step, 198 ms inside ``lax.scan``, 228 ms per member with 3 members vmapped in the scan;
         ``"patches"`` 35, 34 and 46 ms. The patches cost ``prod(kernel)`` times the input's memory.
+      precision: the ``jax.lax.Precision`` of the convolution (or of the patches' matmul), as
+        ``flax.linen.Conv``'s: None (default) -- JAX's default (``jax_default_matmul_precision``; on NVIDIA GPUs
+        float32 convolutions then run as TF32, about 1e-3 relative error), ``"default"``, ``"high"``,
+        ``"highest"`` (true float32), or a ``jax.lax.Precision``.
 
     Returns:
       ``(y, batch_stats)`` with ``y`` of shape ``(N, *out_spatial, C_out)``; with ``"SAME"`` padding
@@ -220,12 +226,13 @@ def conv(
     sp = _SPATIAL_LETTERS[-r:]
     dtype = jnp.result_type(x, w)
     _checks.check_choice(fn, "impl", impl, IMPLS)
+    precision = _checks.check_precision(fn, "precision", precision)
     if impl == "patches" or (impl == "auto" and jax.default_backend() == "cpu"):
-        y = _conv_patches(x.astype(dtype), w.astype(dtype), strides, pad, dilations)
+        y = _conv_patches(x.astype(dtype), w.astype(dtype), strides, pad, dilations, precision)
     else:
         y = jax.lax.conv_general_dilated(
             x.astype(dtype), w.astype(dtype), strides, pad, rhs_dilation=dilations,
-            dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"),
+            dimension_numbers=(f"N{sp}C", f"{sp}IO", f"N{sp}C"), precision=precision,
         )
     if "bias" in params:
         y = y + params["bias"].astype(dtype)
@@ -241,19 +248,21 @@ def Conv(
     padding: Padding = "SAME",
     dilation: int | Sequence[int] = 1,
     impl: str = "auto",
+    precision: str | jax.lax.Precision | None = None,
     **init_options: Any,
 ) -> Layer:
     """:func:`bnjax.conv` as a :class:`Layer` (name ``"conv"``); ``init_options`` go to :func:`bnjax.conv_init`
     (``init``, ``weight_scale``, ``use_bias``, ``dtype``).
 
-    The stride, padding, dilation and ``impl`` are checked here, when the model is built. The layer's ``apply``
-    accepts and ignores extra keyword options (per-member settings meant for other layers of a model).
+    The stride, padding, dilation, ``impl`` and ``precision`` (default None: JAX's default, see
+    :func:`bnjax.conv`) are checked here, when the model is built. The layer reads no options.
     """
     r = len(_kernel_shape("Conv", kernel_size))
     _pairs("Conv", "stride", stride, r)
     _pairs("Conv", "dilation", dilation, r)
     resolve_padding("Conv", padding, r)
     _checks.check_choice("Conv", "impl", impl, IMPLS)
+    precision = _checks.check_precision("Conv", "precision", precision)
     unknown = sorted(set(init_options) - set(_INIT_OPTIONS))
     if unknown:
         raise TypeError(f"Conv: unknown init options {unknown}; conv_init accepts {list(_INIT_OPTIONS)}.")
@@ -262,10 +271,9 @@ def Conv(
     def init(key: PRNGKey) -> tuple[Params, State]:
         return conv_init(key, in_channels, out_channels, kernel_size, **init_options)
 
-    def apply(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
-              **options: Any) -> tuple[Array, State]:
-        del options
+    def apply(params: Params, batch_stats: State, x: Array, train: bool, *,
+              key: PRNGKey | None = None) -> tuple[Array, State]:
         return conv(params, batch_stats, x, train, key=key, stride=stride, padding=padding, dilation=dilation,
-                    impl=impl)
+                    impl=impl, precision=precision)
 
     return Layer(init, apply, "conv")

@@ -62,17 +62,29 @@ def dense_init(
 
 
 def dense(
-    params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None
+    params: Params,
+    batch_stats: State,
+    x: Array,
+    train: bool,
+    *,
+    key: PRNGKey | None = None,
+    precision: str | jax.lax.Precision | None = None,
 ) -> tuple[Array, State]:
-    """``y = x @ params["weight"].T + params.get("bias", 0)`` over the last axis of ``x``."""
+    """``y = x @ params["weight"].T + params.get("bias", 0)`` over the last axis of ``x``.
+
+    ``precision`` is the matmul's ``jax.lax.Precision`` (as ``flax.linen.Dense``'s): None (default) -- JAX's
+    default (``jax_default_matmul_precision``; on NVIDIA GPUs float32 matmuls then run as TF32, about 1e-3
+    relative error), ``"default"``, ``"high"`` or ``"highest"`` (true float32), or a ``jax.lax.Precision``.
+    """
     del train, key
+    precision = _checks.check_precision("dense", "precision", precision)
     w = params["weight"]
     if x.shape[-1] != w.shape[1]:
         raise ValueError(
             f"dense: x has {x.shape[-1]} features on its last axis but params['weight'] has shape {w.shape} "
             f"(out, in); create params with dense_init(key, {x.shape[-1]}, out_features)."
         )
-    y = x @ w.T
+    y = jnp.matmul(x, w.T, precision=precision)
     if "bias" in params:
         y = y + params["bias"]
     return y, batch_stats

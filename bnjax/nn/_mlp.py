@@ -28,7 +28,13 @@ import jax.numpy as jnp
 
 from bnjax._typing import Array, FieldError, Layer, Params, PRNGKey, State
 from bnjax.nn._batch_norm import AVERAGES
-from bnjax.nn._checks import is_int as _is_int, is_number as _is_number
+from bnjax.nn._checks import (
+    PRECISION_EXPECTED,
+    PRECISIONS,
+    is_finite as _is_finite,
+    is_int as _is_int,
+    is_number as _is_number,
+)
 from bnjax.nn._combinators import (
     Activation,
     BatchNorm,
@@ -39,6 +45,9 @@ from bnjax.nn._combinators import (
     GroupNorm,
     LayerNorm,
     RMSNorm,
+    apply_layers,
+    check_options,
+    init_layers,
     serial,
 )
 from bnjax.nn._dense import INITS
@@ -88,10 +97,13 @@ class MLPSpec:
       group_size: ``norm="group"``: features per group instead of ``groups``.
       virtual_batch_size: ``norm="ghost"``: rows per ghost batch (>= 2; must divide the training batch size).
       renorm_rmax, renorm_dmax: ``norm="renorm"``: final clipping bounds of ``r`` (>= 1) and ``|d|`` (>= 0);
-        Ioffe (2017) ends at 3 and 5.
+        Ioffe (2017) ends at 3 and 5; ``inf`` is no bound.
       renorm_warmup_steps: ``norm="renorm"``: steps of the linear ramp of the bounds from batch norm's
         (``rmax = 1``, ``dmax = 0``) to the final ones (:func:`bnjax.renorm_schedule`); 0: no ramp.
       renorm_hold_steps: ``norm="renorm"``: steps of plain batch norm before the ramp (the paper: 5000).
+      precision: matmul precision of the dense layers (:func:`bnjax.dense`): None (default) -- JAX's default
+        (on NVIDIA GPUs float32 matmuls run as TF32, about 1e-3 relative error); ``"default"``, ``"high"`` or
+        ``"highest"`` (true float32); a ``jax.lax.Precision`` is stored by its name (``"highest"``).
 
     Keys that belong to another norm are ignored (so a config may set them in a table its variants share).
     """
@@ -118,10 +130,13 @@ class MLPSpec:
     renorm_dmax: float = 5.0
     renorm_warmup_steps: int = 0
     renorm_hold_steps: int = 0
+    precision: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.hidden, list):
             object.__setattr__(self, "hidden", tuple(self.hidden))
+        if isinstance(self.precision, jax.lax.Precision):  # by name: hashable, JSON-able, equal either way
+            object.__setattr__(self, "precision", self.precision.name.lower())
         bad = _validate(self)
         if bad is not None:
             raise FieldError("MLPSpec", *bad)
@@ -174,8 +189,8 @@ def _validate(s: MLPSpec) -> tuple[str, Any, str] | None:
         return "bn_momentum", s.bn_momentum, "must be in [0, 1] (new = momentum * old + (1 - momentum) * batch)."
     for name in ("weight_scale", "bn_eps", "ln_eps"):
         v = getattr(s, name)
-        if not _is_number(v) or not v > 0:
-            return name, v, "must be a positive number."
+        if not _is_finite(v) or not v > 0:
+            return name, v, "must be a positive finite number."
     if not isinstance(s.bn_unbiased, bool):
         return "bn_unbiased", s.bn_unbiased, "must be True or False."
     for name in ("groups", "group_size", "virtual_batch_size"):
@@ -186,10 +201,15 @@ def _validate(s: MLPSpec) -> tuple[str, Any, str] | None:
         v = getattr(s, name)
         if not _is_int(v) or v < 0:
             return name, v, "must be an int >= 0 (steps; 0 turns it off)."
+    # inf is meaningful here: an unbounded clip (renorm_rmax = renorm_dmax = inf normalises with the running
+    # statistics, as in eval mode); NaN fails both comparisons.
     if not _is_number(s.renorm_rmax) or not s.renorm_rmax >= 1:
-        return "renorm_rmax", s.renorm_rmax, "must be a number >= 1 (the bound of r = sigma_B / sigma; 1 is batch norm)."
+        return "renorm_rmax", s.renorm_rmax, ("must be a number >= 1 (the bound of r = sigma_B / sigma; 1 is batch "
+                                              "norm, inf no bound).")
     if not _is_number(s.renorm_dmax) or not s.renorm_dmax >= 0:
-        return "renorm_dmax", s.renorm_dmax, "must be a number >= 0 (the bound of |d|; 0 is batch norm)."
+        return "renorm_dmax", s.renorm_dmax, "must be a number >= 0 (the bound of |d|; 0 is batch norm, inf no bound)."
+    if s.precision is not None and s.precision not in PRECISIONS:
+        return "precision", s.precision, PRECISION_EXPECTED
     if s.norm == "group":
         if s.groups is None and s.group_size is None:
             return "groups", None, ("is unset: norm='group' needs groups (the number of groups) or group_size "
@@ -275,7 +295,8 @@ def mlp(spec: MLPSpec) -> Layer:
     eval mode). ``key`` is required in train mode when the drop rate may be non-zero. Options (traced values
     allowed) override the spec per call: ``weight_scale`` at init, ``dropout``, ``bn_momentum``,
     ``bn_average``, ``bn_unbiased``, ``axis_name`` (synchronized batch norm) and ``step`` (renorm warm-up)
-    when applied (see :class:`bnjax.Layer`).
+    when applied (see :class:`bnjax.Layer`); any other option raises ValueError. The dense layers compute with
+    ``spec.precision``.
     """
     if not isinstance(spec, MLPSpec):
         raise TypeError(f"mlp: spec must be an MLPSpec, got {type(spec).__name__}; e.g. mlp(MLPSpec(in_features=784)).")
@@ -296,7 +317,7 @@ def _build(spec: MLPSpec, flatten: bool = False) -> Layer:
     for i, (fan_in, fan_out) in enumerate(itertools.pairwise(sizes)):
         hidden = i < len(spec.hidden)
         layers.append(Dense(fan_in, fan_out, init=spec.init, weight_scale=spec.weight_scale,
-                            use_bias=not (hidden and shift)))
+                            use_bias=not (hidden and shift), precision=spec.precision))
         if not hidden:
             break
         norm = norm_layer(spec.norm, fan_out, **spec.norm_settings())
@@ -305,8 +326,12 @@ def _build(spec: MLPSpec, flatten: bool = False) -> Layer:
         layers.extend(layer for layer in block if layer is not None)
         if spec.dropout_layers == "all" or i == len(spec.hidden) - 1:
             layers.append(Dropout(spec.dropout))
-    body = serial(*layers)
+    named = serial(*layers).layers
     in_features = spec.in_features
+
+    def init(key: PRNGKey, **options: Any) -> tuple[Params, State]:
+        check_options("mlp", named, "init", options)
+        return init_layers(named, key, **options)
 
     def apply(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
               **options: Any) -> tuple[Array, State]:
@@ -317,10 +342,11 @@ def _build(spec: MLPSpec, flatten: bool = False) -> Layer:
                 f"mlp: x has shape {tuple(x.shape)}, expected (N, {in_features}); flatten the input first, e.g. "
                 f"x.reshape(len(x), -1)."
             )
-        return body.apply(params, batch_stats, x, train, key=key, **options)
+        check_options("mlp", named, "apply", options)
+        return apply_layers(named, params, batch_stats, x, train, key=key, **options)
 
     defaults = tuple((k, getattr(spec, k)) for k in MEMBER_DEFAULTS)
-    return Layer(body.init, apply, "mlp", body.layers, defaults=defaults, spec=spec)
+    return Layer(init, apply, "mlp", named, defaults=defaults, spec=spec)
 
 
 MEMBER_DEFAULTS = ("weight_scale", "dropout", "bn_momentum")

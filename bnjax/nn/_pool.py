@@ -112,9 +112,9 @@ def flatten(x: Array) -> Array:
 def _stateless(fn: Callable[[Array], Array], name: str) -> Layer:
     """A parameter-free Layer: ``init`` gives ``({}, {})``, ``apply`` maps ``x`` and passes the stats through."""
 
-    def apply(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
-              **options: Any) -> tuple[Array, State]:
-        del params, train, key, options
+    def apply(params: Params, batch_stats: State, x: Array, train: bool, *,
+              key: PRNGKey | None = None) -> tuple[Array, State]:
+        del params, train, key
         return fn(x), batch_stats
 
     return Layer(lambda key: ({}, {}), apply, name)

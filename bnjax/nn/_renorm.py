@@ -41,9 +41,9 @@ def renorm_schedule(
         rmax(step) = 1 + (rmax_final - 1) * clip((step - hold_steps) / warmup_steps, 0, 1)
         dmax(step) = dmax_final * clip((step - hold_steps) / dmax_warmup_steps, 0, 1)
 
-    (``dmax_warmup_steps`` defaults to ``warmup_steps``). Ioffe (2017) holds for 5k steps and reaches
-    ``rmax = 3`` at 40k and ``dmax = 5`` at 25k steps: ``hold_steps=5000, warmup_steps=35000,
-    dmax_warmup_steps=20000``. ``step`` may be a traced integer (inside a jitted train step).
+    (``dmax_warmup_steps`` defaults to ``warmup_steps``; an infinite final bound is reached at once, after the
+    hold). Ioffe (2017) holds for 5k steps and reaches ``rmax = 3`` at 40k and ``dmax = 5`` at 25k steps:
+    ``hold_steps=5000, warmup_steps=35000, dmax_warmup_steps=20000``. ``step`` may be a traced integer (inside a jitted train step).
 
     Returns:
       ``(rmax, dmax)`` as float32 scalars.
@@ -54,15 +54,17 @@ def renorm_schedule(
             raise ValueError(f"{fn}: {name}={v!r} must be a positive int (steps of the linear ramp).")
     if not isinstance(hold_steps, int) or hold_steps < 0:
         raise ValueError(f"{fn}: hold_steps={hold_steps!r} must be a non-negative int.")
-    if rmax_final < 1.0 or dmax_final < 0.0:
+    if not (rmax_final >= 1.0 and dmax_final >= 0.0):  # NaN fails too
         raise ValueError(
             f"{fn}: rmax_final={rmax_final!r} must be >= 1 and dmax_final={dmax_final!r} >= 0 "
             f"(rmax=1, dmax=0 is plain batch norm)."
         )
     d_steps = warmup_steps if dmax_warmup_steps is None else dmax_warmup_steps
     t = jnp.asarray(step, jnp.float32) - hold_steps
-    rmax = 1.0 + (rmax_final - 1.0) * jnp.clip(t / warmup_steps, 0.0, 1.0)
-    dmax = dmax_final * jnp.clip(t / d_steps, 0.0, 1.0)
+    fr, fd = jnp.clip(t / warmup_steps, 0.0, 1.0), jnp.clip(t / d_steps, 0.0, 1.0)
+    # Selected, not multiplied, at the start of the ramp: an unbounded final clip (inf) times 0 would be NaN.
+    rmax = jnp.where(fr > 0, 1.0 + (rmax_final - 1.0) * fr, 1.0)
+    dmax = jnp.where(fd > 0, dmax_final * fd, 0.0)
     return rmax, dmax
 
 

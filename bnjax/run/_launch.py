@@ -67,12 +67,12 @@ def watch_parent(interval_s: float = 1.0) -> None:
 _RUNTIME_LOG = re.compile(r"^[EFWI]\d{4} \d\d:\d\d:\d\d")  # absl's log-line prefix, e.g. "E1201 09:36:04"
 
 
-def run_supervised(argv: Sequence[str], *, resume_hint: str, resumable: Callable[[], bool], process_id: int | None,
-                   debug: bool = False, heartbeat_s: int = 10) -> int:
+def run_supervised(argv: Sequence[str], *, resume_hint: str, kept: Callable[[], str | None],
+                   process_id: int | None, debug: bool = False, heartbeat_s: int = 10) -> int:
     """Run ``python -m bnjax <argv>`` as a child and return its exit code (2 after a distributed failure).
 
-    ``resumable()`` says, after a failure, whether the results directory holds a run to resume (then the message
-    gives ``resume_hint``).
+    ``kept()`` says, after a failure, what the results directory keeps for ``--resume``
+    (:func:`bnjax.run._rundir.kept_message`; None: nothing, then no ``resume_hint``).
 
     SIGINT/SIGTERM are forwarded to the child (which saves what it has and says how to resume).
     """
@@ -122,8 +122,9 @@ def run_supervised(argv: Sequence[str], *, resume_hint: str, resumable: Callable
                    else "the coordinator could not be reached")
         else:
             why = f"another process of this multi-process run stopped (no heartbeat for {heartbeat_s} s)"
-        if resumable():
-            then = f"the last complete epoch's checkpoint is kept; resume with: {resume_hint}"
+        saved = kept()
+        if saved is not None:
+            then = f"{saved}; resume with: {resume_hint}"
         else:
             then = "nothing was kept; start all processes again with the same command"
         print(f"bnjax run: error: {why}; JAX stopped this process too; {then}", file=sys.stderr)

@@ -34,7 +34,6 @@ from bnjax._typing import FieldError
 from bnjax.run._errors import RunError, RunInterrupted, Terminated
 from bnjax.run._schema import config_error
 from bnjax.run.config import ConfigError, DataConfig, StudyConfig, Variant, resolved_raw
-from bnjax.run.results import jsonable
 from bnjax.train._checkpoint import CheckpointError, verify_checkpoints
 from bnjax.train._config import PLACEMENT_FIELDS
 
@@ -126,6 +125,19 @@ class RunDirState:
     detail: str = ""
 
 
+def config_text(config: StudyConfig) -> str:
+    """``config.json``: the resolved tables (:func:`bnjax.run.config.resolved_raw`) as JSON, every number kept as
+    given, so the file parses back to an equal config. An unbounded renorm clip (``model.renorm_rmax = inf``) is
+    written ``Infinity``, which Python's ``json`` (and so ``load_config``) reads back (``null`` would not parse);
+    other non-finite values are refused by the config checks before anything is written."""
+    return json.dumps(resolved_raw(config), indent=1)
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    # Compared as canonical text, so that equal non-finite values (Infinity, NaN) compare equal.
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         obj = json.loads(path.read_text())
@@ -164,6 +176,31 @@ def inspect_run_dir(out: Path) -> RunDirState:
         saved = f"{len(finished)} variant(s) finished" + (", a checkpoint saved" if checkpoint_files(out) else "")
         return RunDirState("interrupted", finished, f"{started}, {saved}")
     return RunDirState("failed", finished, started)
+
+
+def kept_message(out: Path) -> str | None:
+    """What ``--resume`` continues from in ``out`` after a run stopped, read from the disk (so no message claims a
+    checkpoint that is not there), as a clause: ``"the metrics and the last complete epoch's checkpoint are
+    saved in out"``; None when ``out`` holds no resumable run (nothing was kept)."""
+    try:
+        state = inspect_run_dir(out)
+    except (RunError, OSError):
+        return None
+    if state.kind != "interrupted":
+        return None
+    finished = list(state.finished)
+    saved = sorted({p.parent.name for p in checkpoint_files(out)} - set(finished))
+    items = [f"the finished variant{'s' if len(finished) > 1 else ''} {', '.join(map(repr, finished))}"] if finished else []
+    if saved:
+        of = f" of variant{'s' if len(saved) > 1 else ''} {', '.join(map(repr, saved))}" if finished or len(saved) > 1 else ""
+        items += ["the metrics", f"the last complete epoch's checkpoint{of}"]
+    else:
+        items.append("the metrics written so far")
+    text = (", ".join(items[:-1]) + " and " + items[-1] if len(items) > 1 else items[0]) + f" are saved in {out}"
+    if not saved:
+        text += ("; there is no checkpoint of the unfinished variants, so they train again from their first epoch"
+                 if finished else "; there is no checkpoint yet, so training starts again from the first epoch")
+    return text
 
 
 # ------------------------------------------------------------------------------------------------- locking
@@ -283,9 +320,9 @@ def plan_run(out: Path, config: StudyConfig, *, resume: bool) -> RunPlan:
         raise RunError(f"{out} already holds a run; pass --resume to continue it ({state.detail}), or choose "
                        f"another --out.")
     saved = out / CONFIG_FILE
-    before, now = _results_part(_read_json(saved)), _results_part(jsonable(resolved_raw(config)))
-    if before != now:
-        diffs = [k for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)]
+    before, now = _results_part(_read_json(saved)), _results_part(json.loads(config_text(config)))
+    if not _same_json(before, now):
+        diffs = [k for k in sorted(set(before) | set(now)) if not _same_json(before.get(k), now.get(k))]
         raise ConfigError(f"--resume: the config differs from the one saved in {saved} (tables {diffs}); "
                           f"resume with the same config and --set options, or use a new --out directory.")
     for v in config.variants:
@@ -431,7 +468,7 @@ class RunDir:
         if plan.replace:
             self.say(f"{out} holds a run that stopped before its first epoch ({state.detail}); replacing it.")
             _remove_written(out)
-        write_text(out / CONFIG_FILE, json.dumps(jsonable(resolved_raw(self.config)), indent=1))
+        write_text(out / CONFIG_FILE, config_text(self.config))
         src = Path(self.source) if self.source is not None else None
         if src is not None and src.is_file() and src.resolve() != (out / "config.source.toml").resolve():
             write_text(out / "config.source.toml", src.read_text())
@@ -523,12 +560,3 @@ class RunDir:
 
 def _raise_terminated(signum: int, frame: Any) -> None:
     raise Terminated(signum)
-
-
-def resume_state(out: Path) -> str:
-    """The kind of ``out`` (:func:`inspect_run_dir`), ``"absent"`` when it cannot be read."""
-    try:
-        return inspect_run_dir(out).kind
-    except (RunError, OSError):
-        return "absent"
-

@@ -125,10 +125,10 @@ def _setup_processes(args: argparse.Namespace, argv: list[str] | None) -> int | 
         watch_parent()
         return None
     args.out_dir = Path(args.out)
-    from bnjax.run._rundir import resume_state
+    from bnjax.run._rundir import kept_message
 
     return run_supervised(argv if argv is not None else sys.argv[1:], resume_hint=_resume_command(args),
-                          resumable=lambda: resume_state(args.out_dir) == "interrupted", process_id=dist.process_id,
+                          kept=lambda: kept_message(args.out_dir), process_id=dist.process_id,
                           debug=args.debug, heartbeat_s=dist.heartbeat_s)
 
 
@@ -236,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         args.argv = argv
     from bnjax.run._errors import RunError, RunInterrupted
-    from bnjax.run._rundir import describe_error, resume_state
+    from bnjax.run._rundir import describe_error, kept_message
     from bnjax.run._schema import ConfigError
     from bnjax.train._checkpoint import CheckpointError
 
@@ -263,13 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except RunInterrupted as e:
         how = "Ctrl-C" if e.exit_code == 130 else e.args[0]
-        if e.resumable:
-            from bnjax.run._rundir import checkpoint_files
-
-            kept = ("the metrics and the last complete epoch's checkpoint are" if checkpoint_files(e.out) else
-                    "the metrics so far are (no epoch of this variant finished, so it restarts from its first epoch)")
-            print(f"{name}: interrupted ({how}) {e.detail}; {kept} saved in {e.out}.\nresume with: "
-                  f"{_resume_command(args)}", file=sys.stderr)
+        kept = kept_message(e.out) if e.resumable else None
+        if kept is not None:
+            print(f"{name}: interrupted ({how}) {e.detail}; {kept}.\nresume with: {_resume_command(args)}",
+                  file=sys.stderr)
         else:
             print(f"{name}: interrupted ({how}) {e.detail}; nothing was kept in {e.out}.", file=sys.stderr)
         return e.exit_code
@@ -302,9 +299,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(f"{name}: error: {describe_error(e)}", file=sys.stderr)
         resumable = isinstance(e, OSError) or getattr(e, "resumable", False)
-        if resumable and getattr(args, "out_dir", None) and resume_state(args.out_dir) == "interrupted":
-            print(f"the metrics and the last complete epoch's checkpoint are kept; resume with: "
-                  f"{_resume_command(args)}", file=sys.stderr)
+        kept = kept_message(args.out_dir) if resumable and getattr(args, "out_dir", None) else None
+        if kept is not None:
+            print(f"{kept[0].upper()}{kept[1:]}; resume with: {_resume_command(args)}", file=sys.stderr)
         return 2
     finally:
         logger.removeHandler(handler)

@@ -13,12 +13,17 @@ import numpy as np
 import optax
 
 from bnjax._typing import FieldError
-from bnjax.nn._checks import is_int as _is_int, is_number as _is_number
+from bnjax.nn._checks import (
+    PRECISION_EXPECTED,
+    PRECISIONS,
+    is_finite as _is_finite,
+    is_int as _is_int,
+    is_number as _is_number,
+)
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "epoch_decay", "cosine")
 COMPUTE_DTYPES = ("float32", "bfloat16")
-MATMUL_PRECISIONS = (None, "default", "high", "highest")
 
 
 @dataclass(frozen=True)
@@ -50,15 +55,17 @@ class TrainConfig:
         and running statistics stay float32; each step casts the floating parameters and the input to bfloat16,
         so matmuls and activations run in bfloat16, while every normalization computes its statistics and
         updates its running averages in float32 and the loss is reduced in float32 (see :func:`cast_compute`).
-      matmul_precision: precision of every matmul and convolution the step and the evaluation trace without
-        one of their own (``jax.default_matmul_precision``): None (JAX's default: float32 on a CPU, TF32 on
-        NVIDIA GPUs, bfloat16 passes on TPUs), ``"default"``, ``"high"`` or ``"highest"`` (true float32).
       member_chunk: how many members one call of the compiled programs trains: ``"auto"`` (default) -- all of
         them when they fit in the device's free memory (``memory_stats()`` on an accelerator, the host's
         available memory on a CPU; with a safety margin), else the largest count that does; an int -- at most
         that many (the last chunk is padded with copies whose results are dropped). Chunks run the same
         compiled program one after another, so results equal one call up to float reassociation; it is a
         placement, not a result: a checkpoint resumes under another value.
+      matmul_precision: the default precision of the matmuls and convolutions of training and evaluation
+        (``jax.default_matmul_precision``): None (default) -- JAX's own default, under which NVIDIA GPUs run
+        float32 matmuls as TF32 (about 1e-3 relative error; CPUs compute in float32 whatever the setting);
+        ``"default"``, ``"high"``, or ``"highest"`` (true float32 on every device). A layer built with its own
+        ``precision`` keeps it.
     """
 
     optimizer: str = "adam"
@@ -94,12 +101,14 @@ def _validate(c: TrainConfig) -> tuple[str, Any, str] | None:
         return "optimizer", c.optimizer, f"is not a valid option; use one of {OPTIMIZERS}."
     if c.compute_dtype not in COMPUTE_DTYPES:
         return "compute_dtype", c.compute_dtype, f"is not a valid option; use one of {COMPUTE_DTYPES}."
+    if c.matmul_precision is not None and c.matmul_precision not in PRECISIONS:
+        return "matmul_precision", c.matmul_precision, PRECISION_EXPECTED
     if c.schedule not in SCHEDULES:
         return "schedule", c.schedule, f"is not a valid option; use one of {SCHEDULES}."
     for name in ("learning_rate", "lr_decay"):
         v = getattr(c, name)
-        if not _is_number(v) or not v > 0:
-            return name, v, "must be a positive number."
+        if not _is_finite(v) or not v > 0:
+            return name, v, "must be a positive finite number."
     if c.lr_decay != 1.0 and c.schedule != "epoch_decay":
         return "lr_decay", c.lr_decay, (f"only acts with schedule='epoch_decay' (got schedule={c.schedule!r}); "
                                         f"set both.")
@@ -107,8 +116,8 @@ def _validate(c: TrainConfig) -> tuple[str, Any, str] | None:
         return "momentum", c.momentum, "must be in [0, 1)."
     for name in ("weight_decay", "l2"):
         v = getattr(c, name)
-        if not _is_number(v) or v < 0:
-            return name, v, "must be a number >= 0."
+        if not _is_finite(v) or v < 0:
+            return name, v, "must be a finite number >= 0."
     if c.weight_decay and c.optimizer != "adamw":
         return "weight_decay", c.weight_decay, (f"is the decoupled decay of optimizer='adamw' (got "
                                                 f"optimizer={c.optimizer!r}); use l2 for a penalty in the loss, or "
@@ -121,8 +130,6 @@ def _validate(c: TrainConfig) -> tuple[str, Any, str] | None:
         return "precise_bn_batches", c.precise_bn_batches, "must be an int >= 0 (0 turns it off)."
     if not _is_int(c.seed) or c.seed < 0:
         return "seed", c.seed, "must be an int >= 0."
-    if c.matmul_precision not in MATMUL_PRECISIONS:
-        return "matmul_precision", c.matmul_precision, f"is not a valid option; use one of {MATMUL_PRECISIONS}."
     if c.member_chunk != "auto" and (not _is_int(c.member_chunk) or c.member_chunk < 1):
         return "member_chunk", c.member_chunk, ("must be 'auto' or a positive int (members trained per call of the "
                                                 "compiled program).")
