@@ -196,7 +196,7 @@ def _program_spec(run: _Run, width: int) -> ProgramSpec:
     sets = tuple(sorted((name, (aval(x), aval(y))) for name, (x, y) in run.inputs["sets"].items()))
     inputs = (aval(run.inputs["x"]), aval(run.inputs["y"]), sets, aval(run.inputs["precise_x"]))
     return ProgramSpec(run.layer, run.cfg, width, len(run.inputs["x"]), run.shared, run.use_dropout, run.options,
-                       inputs, _layout_for(run, width))
+                       inputs, _layout_for(run, width), jax.config.jax_default_matmul_precision)
 
 
 def _place(run: _Run, log: Callable[[str], None] | None) -> _Placed:

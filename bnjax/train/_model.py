@@ -4,6 +4,7 @@ ensemble sharing its batches computes as one matmul."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -80,11 +81,16 @@ def forward(
     return y, new_stats, sentinel
 
 
-def first_dense(layer: Layer) -> str | None:
-    """The pytree name of ``layer``'s first layer when it is a :func:`bnjax.Dense` (the shared-batch fast
-    path applies), else None."""
-    if layer.layers and layer.layers[0][1].apply is dense:
-        return layer.layers[0][0]
+def first_dense(layer: Layer) -> tuple[str, Any] | None:
+    """``(pytree name, precision)`` of ``layer``'s first layer when it is a :func:`bnjax.Dense` (the
+    shared-batch fast path applies), else None."""
+    if not layer.layers:
+        return None
+    apply = layer.layers[0][1].apply
+    if apply is dense:
+        return layer.layers[0][0], None
+    if isinstance(apply, functools.partial) and apply.func is dense and set(apply.keywords) <= {"precision"}:
+        return layer.layers[0][0], apply.keywords.get("precision")
     return None
 
 

@@ -142,6 +142,8 @@ class ProgramSpec:
     options: tuple[str, ...]
     inputs: Any
     layout: Layout | None = None
+    default_precision: Any = None  # jax.config's jax_default_matmul_precision when it was made (it shapes the
+    # compiled matmuls, so it is part of the cache key)
 
 
 @dataclass(frozen=True)

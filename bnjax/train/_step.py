@@ -129,16 +129,18 @@ def make_shared_batch_ensemble_step(
     single = make_train_step(layer, cfg, steps_per_epoch, use_dropout=use_dropout, axis_name=axis_name,
                              sync_bn=sync_bn)
     vmapped = jax.vmap(single, in_axes=(0, None))
-    name = first_dense(layer)
-    if name is None:
+    found = first_dense(layer)
+    if found is None:
         return vmapped
+    name, precision = found
     loss_fn, update = _step_parts(layer, cfg, steps_per_epoch, use_dropout, axis_name=axis_name, sync_bn=sync_bn)
 
     def joint_loss(params, batch_stats, x, y, keys, hyper, steps):
         w = params[name]["weight"]  # (K, h, D)
         k, h, d = w.shape
         with matmul_precision_context(cfg.matmul_precision):
-            first = jnp.swapaxes((w.reshape(k * h, d) @ x.T).reshape(k, h, -1), 1, 2)  # (K, B, h)
+            first = jnp.matmul(w.reshape(k * h, d), x.T, precision=precision)
+        first = jnp.swapaxes(first.reshape(k, h, -1), 1, 2)  # (K, B, h)
 
         def member(p, s, f, key, hp, t):
             return loss_fn(p, s, None, y, key, hp, t, first=f)
