@@ -24,12 +24,14 @@ __all__ = ["IGNORED", "SUMMARY_FILE", "Stored", "compare_summaries", "load_store
 
 SUMMARY_FILE = "summary.json"
 
-# What a rerun may change without the results changing: when, where and how fast it ran, and text that only
-# repeats numbers compared elsewhere (evidence, notes, key numbers) or describes the study (descriptions).
+# What a rerun may change without the results changing: when, where and how fast it ran (also any key ending in
+# TIMED, e.g. a variant's extras.compile_seconds), and text that only repeats numbers compared elsewhere (evidence,
+# notes, key numbers) or describes the study (descriptions).
 IGNORED = frozenset({
     "wall_time_s", "load_average", "started", "device", "software", "compile_cache", "python", "figures", "command",
     "evidence", "note", "text", "key_numbers", "sources_say", "description",
 })
+TIMED = ("_seconds", "_time_s")
 
 
 @dataclass(frozen=True)
@@ -115,7 +117,7 @@ def compare_summaries(stored: Any, rerun: Any, *, rtol: float = 1e-5, atol: floa
 
     Verdicts, claim texts, seeds, the config and every number (per-seed values, means, intervals, final metrics,
     extras) are compared; numbers match when ``|a - b| <= atol + rtol * |a|``. Keys in :data:`IGNORED` (timing,
-    machine, software, text that repeats numbers) are skipped.
+    machine, software, text that repeats numbers) and keys ending in :data:`TIMED` are skipped.
     """
     out: list[str] = []
     _walk(stored, rerun, "", out, rtol, atol)
@@ -134,7 +136,7 @@ def _number(x: Any) -> bool:
 def _walk(a: Any, b: Any, path: str, out: list[str], rtol: float, atol: float) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in [*a, *(k for k in b if k not in a)]:
-            if k in IGNORED:
+            if k in IGNORED or k.endswith(TIMED):
                 continue
             where = f"{path}.{k}" if path else k
             if k not in b:

@@ -125,7 +125,7 @@ def _distinct(values: Iterable[str]) -> str:
     counts = Counter(v for v in values if v)
     if len(counts) == 1:
         return next(iter(counts))
-    return "; ".join(f"{v} ({n} runs)" for v, n in counts.items())
+    return "; ".join(f"{v} ({n} run{'s' if n > 1 else ''})" for v, n in counts.items())
 
 
 def _footer(entries: Sequence[Stored]) -> str:
