@@ -17,7 +17,10 @@ Verdict words (also the legend of every ``report.md``):
   reason) and the numbers show the known outcome, as this project measured before: written "DIFFERS (from
   CIFAR-10, as measured)". A finding, not a defect.
 - ``INCONCLUSIVE`` -- the threshold lies inside the spread over seeds (a seed on the other side, or the interval
-  across it): this run cannot call it either way; more seeds, or a larger effect, would.
+  across it): this run cannot call it either way; more seeds, or a larger effect, would. Its note says how many
+  seeds would decide it with the same mean and spread (:func:`seeds_to_decide`: the smallest ``n`` with
+  ``t(0.975, n-1) * s / sqrt(n) < |mean - threshold|``), or that no number would (the mean on the threshold, or
+  seeds that split on a yes/no).
 
 Deciding on seeds: a claim's quantity is measured once per seed, ``x_1 .. x_n`` (for "A leads B" the seed-paired
 difference ``A - B``: members with the same seed share their initialisation key and batch order). Its interval is
