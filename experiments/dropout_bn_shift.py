@@ -77,7 +77,8 @@ def analyze(results):
     claims.append(Claim.decide(
         f"Dropout only after the last BN (Li et al.'s remedy a): no BN layer sees dropout, so eval/running variance "
         f"stays within {tol:g} of 1 (each layer and rate, mean over seeds)",
-        every([within(_ratios(after, "ratio_eval_to_running", r)[:, j], tol, center=1.0, digits=3)
+        every([within(_ratios(after, "ratio_eval_to_running", r)[:, j], tol, center=1.0, digits=3,
+                      label=f"{after.extras['layers'][j]}, keep {1 - r:g}")
                for r in after.values("dropout") for j in range(len(after.extras["layers"]))],
               summary="eval/running variance over after_bn layers and rates: "
               + _range(np.concatenate([_ratios(after, "ratio_eval_to_running", r).ravel()
@@ -88,7 +89,8 @@ def analyze(results):
     claims.append(Claim.decide(
         f"The running variance is the train-mode (dropout on) variance: recomputed with dropout on, its ratio to the "
         f"running variance stays within {tol:g} of 1 -- the shift comes from switching dropout off",
-        every([within(_ratios(before, "ratio_dropout_to_running", r)[:, j], tol, center=1.0, digits=3)
+        every([within(_ratios(before, "ratio_dropout_to_running", r)[:, j], tol, center=1.0, digits=3,
+                      label=f"{before.extras['layers'][j]}, keep {1 - r:g}")
                for r in rates for j in idx],
               summary="dropout-on/running variance, before_bn layers behind dropout: "
               + _range(np.concatenate([_ratios(before, "ratio_dropout_to_running", r)[:, idx].ravel()
