@@ -3,12 +3,24 @@ stored summaries only, and the ones in the repository are what experiments/resul
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from bnjax.run._errors import RunError
 from bnjax.run.cli import main
 from bnjax.run.stored import store_summary
 from bnjax.run.tables import check_tables, claim_cell, generate, readme_cell, write_tables
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_readme_and_references_tables_are_generated_from_the_stored_results():
+    """Fails when README.md's results table or a REFERENCES.md block differs from experiments/results/; fix with
+    `bnjax report --table experiments/results/` (after storing the runs that changed)."""
+    assert check_tables(REPO / "experiments" / "results", REPO / "README.md", REPO / "experiments" / "REFERENCES.md") \
+        == []
+
 
 def number(text, mean, margin, holds=True):
     return {"text": text, "mean": mean, "margin": margin, "holds": holds}
