@@ -260,10 +260,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command in ``argv`` (default ``sys.argv[1:]``) and returns the exit code.
 
-    Exit codes: 0 success; 1 a failed check (gradcheck, list) or a bug (with its traceback); 2 an error the
-    user can fix (bad config, option, path, data file, busy or occupied results directory, damaged checkpoint,
-    full or read-only disk), printed as one ``bnjax <command>: error: ...`` message; 128 + N after signal N
-    (130 Ctrl-C, 143 SIGTERM), with the command that resumes the run.
+    Exit codes: 0 success; 1 a failed check (gradcheck, list, report --check) or a bug (with its traceback); 2 an
+    error the user can fix (bad config, option, path, data file, busy or occupied results directory, damaged
+    checkpoint, a results table's missing marker, full or read-only disk), printed as one ``bnjax <command>:
+    error: ...`` message; 128 + N after signal N (130 Ctrl-C, 143 SIGTERM), with the command that resumes the run.
     """
     import logging
 
