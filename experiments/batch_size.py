@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, paired
-from bnjax.run.report import fmt, save_figure
+from bnjax.run.report import brief, fmt, save_figure
+
+SOURCES_SAY = "BN needs large batches (and trails no norm at batch 5, CIFAR-10); LN does not"
 
 _BN5 = ("without normalization this net (ws 2e-2, lr 10^-3.5) trains slowly on MNIST-1D (final train ~.39 after 10 "
         "epochs), so noisy batch-5 BN still ends ahead of it")
@@ -90,6 +92,15 @@ def analyze(results):
         evidence=f"final train: LN {fmt(ln_tr[smallest])} vs none {fmt(b)}",
     ))
     return claims
+
+
+def key_numbers(results):
+    """Final training accuracy (mean of the last epochs) of BN per batch size, the spreads, no norm at the smallest."""
+    bn, ln = _family(results, "batchnorm"), _family(results, "layernorm")
+    smallest = min(bn)
+    return (f"BN train {'/'.join(brief(_final(v)) for v in bn.values())} at batch {'/'.join(map(str, bn))} (mean of "
+            f"the last {LAST} epochs), spread LN {brief(_spread(ln))} vs BN {brief(_spread(bn))}; no norm at batch "
+            f"{smallest} {brief(_final(results[f'baseline_bs{smallest}']))}")
 
 
 def notes(results):

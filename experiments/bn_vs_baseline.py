@@ -10,7 +10,9 @@ from __future__ import annotations
 import numpy as np
 
 from bnjax.run.claims import Claim, Expect, every, every_seed, exceeds, expectations, paired
-from bnjax.run.report import fmt
+from bnjax.run.report import brief, fmt
+
+SOURCES_SAY = "BN leads at every epoch (CS231n, CIFAR-10); recomputed or debiased statistics too; LN ahead of none"
 
 _EPOCH1 = ("bnjax's running variance starts at 1 (CS231n's at 0); after the first epoch's 20 steps of EMA 0.9 it "
            "still overestimates the small activations' variance, so eval-mode accuracy sits at chance after epoch 1 "
@@ -32,7 +34,7 @@ EXPECT = {
 def _lead_per_epoch(a, b, metric_a, metric_b="train_acc", threshold=0.0):
     """Seed-paired lead of ``a`` over ``b`` at each epoch >= 1: (findings, (S, E) leads)."""
     d = paired(a, a.curves(metric_a), b, b.curves(metric_b))[:, 1:]
-    return [exceeds(d[:, e], threshold) for e in range(d.shape[1])], d
+    return [exceeds(d[:, e], threshold, label=f"epoch {e + 1}") for e in range(d.shape[1])], d
 
 
 def _epochs_text(d):
@@ -98,6 +100,19 @@ def analyze(results):
                  f"{fmt(bn.final('train_acc'))}; final val: LN {fmt(ln.final('val_acc'))}",
     ))
     return claims
+
+
+def key_numbers(results):
+    """Final train/val accuracy, BN vs none, and the epoch-1 training accuracy with each kind of statistics."""
+    bn, base = results["batchnorm"], results["baseline"]
+    out = (f"BN {brief(bn.final('train_acc'))}/{brief(bn.final('val_acc'))} vs none {brief(base.final('train_acc'))}/"
+           f"{brief(base.final('val_acc'))} (train/val); epoch 1 train: BN {brief(bn.curves('train_acc')[:, 1], 3)} "
+           f"vs none {brief(base.curves('train_acc')[:, 1], 3)}")
+    if "train_acc_precise" in bn.history:
+        out += f", recomputed {brief(bn.curves('train_acc_precise')[:, 1])}"
+    if "batchnorm_debiased" in results:
+        out += f", debiased EMA {brief(results['batchnorm_debiased'].curves('train_acc')[:, 1])}"
+    return out
 
 
 def notes(results):

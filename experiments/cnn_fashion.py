@@ -23,7 +23,10 @@ import jax
 import numpy as np
 
 import bnjax
-from bnjax.run.report import Claim, fmt
+from bnjax.run.report import Claim, brief, fmt
+
+SOURCES_SAY = ("a small CNN trains with spatial batch norm and with group norm, both ahead of no norm in training "
+               "accuracy")
 
 NORMS = ("batch", "group", "none")
 
@@ -102,3 +105,9 @@ def analyze(results):
         f"none {fmt(final['none'][0])}",
     ))
     return claims
+
+
+def key_numbers(results):
+    """Final train/val accuracy per variant."""
+    return ", ".join(f"{v} {brief(results[v].final('train_acc'))}/{brief(results[v].final('val_acc'))}"
+                     for v in VARIANTS) + " (train/val)"

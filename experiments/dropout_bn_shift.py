@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, falls_below, paired, within
-from bnjax.run.report import fmt, save_figure
+from bnjax.run.report import brief, fmt, save_figure
+
+SOURCES_SAY = "dropout before BN shrinks eval variance (ratio ~ keep); recomputing statistics repairs it"
 
 # Per dataset: "near_one" is how far from 1 a variance ratio may be and still count as "no shift" (mean over seeds).
 EXPECT = {
@@ -75,7 +77,8 @@ def analyze(results):
     claims.append(Claim.decide(
         f"Dropout only after the last BN (Li et al.'s remedy a): no BN layer sees dropout, so eval/running variance "
         f"stays within {tol:g} of 1 (each layer and rate, mean over seeds)",
-        every([within(_ratios(after, "ratio_eval_to_running", r)[:, j], tol, center=1.0, digits=3)
+        every([within(_ratios(after, "ratio_eval_to_running", r)[:, j], tol, center=1.0, digits=3,
+                      label=f"{after.extras['layers'][j]}, keep {1 - r:g}")
                for r in after.values("dropout") for j in range(len(after.extras["layers"]))],
               summary="eval/running variance over after_bn layers and rates: "
               + _range(np.concatenate([_ratios(after, "ratio_eval_to_running", r).ravel()
@@ -86,7 +89,8 @@ def analyze(results):
     claims.append(Claim.decide(
         f"The running variance is the train-mode (dropout on) variance: recomputed with dropout on, its ratio to the "
         f"running variance stays within {tol:g} of 1 -- the shift comes from switching dropout off",
-        every([within(_ratios(before, "ratio_dropout_to_running", r)[:, j], tol, center=1.0, digits=3)
+        every([within(_ratios(before, "ratio_dropout_to_running", r)[:, j], tol, center=1.0, digits=3,
+                      label=f"{before.extras['layers'][j]}, keep {1 - r:g}")
                for r in rates for j in idx],
               summary="dropout-on/running variance, before_bn layers behind dropout: "
               + _range(np.concatenate([_ratios(before, "ratio_dropout_to_running", r)[:, idx].ravel()
@@ -121,6 +125,21 @@ def analyze(results):
                  f"{fmt(before.final('val_acc_precise', **w))} vs {fmt(after.final('val_acc_precise', **w))})",
     ))
     return claims
+
+
+def key_numbers(results):
+    """Eval/running variance ratio per keep before BN and its range after the last BN; val accuracy at the lowest keep
+    with running -> recomputed statistics."""
+    before, after = results["before_bn"], results["after_bn"]
+    rates = sorted(r for r in before.values("dropout") if r > 0)
+    idx = _behind_dropout(before)
+    ratios = "/".join(brief(_ratios(before, "ratio_eval_to_running", r)[:, idx].mean(1)) for r in rates)
+    keeps = "/".join(f"{1 - r:g}" for r in rates)
+    after_all = np.concatenate([_ratios(after, "ratio_eval_to_running", r).ravel() for r in after.values("dropout")])
+    low = {"dropout": rates[-1]}
+    return (f"ratio {ratios} at keep {keeps}, {_range(after_all)} after the last BN; val at keep {1 - rates[-1]:g}: "
+            f"{brief(before.final('val_acc', **low), 3)} -> {brief(before.final('val_acc_precise', **low), 3)} "
+            f"recomputed")
 
 
 def _range(x):

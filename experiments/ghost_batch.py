@@ -29,7 +29,9 @@ from __future__ import annotations
 import numpy as np
 
 from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, paired
-from bnjax.run.report import fmt, save_figure
+from bnjax.run.report import brief, fmt, save_figure
+
+SOURCES_SAY = "ghost BN over small virtual batches narrows the large-batch generalization gap (Hoffer et al. 2017)"
 
 LAST = 3
 """Final accuracy = mean over the last LAST epochs."""
@@ -121,6 +123,16 @@ def analyze(results):
             source=exp.source("updates"),
             evidence=f"final val: bs {bs} {fmt(final(small))}, ghost {bs} at bs {bl} {fmt(final(same))}"))
     return claims
+
+
+def key_numbers(results):
+    """Final val accuracy of plain BN at both batches and of ghost BN per virtual size; train - val gaps."""
+    small, large, ghost = roles(results)
+    vbs = "/".join(map(str, ghost))
+    first = next(iter(ghost))
+    return (f"val at batch {_bs(large)} {brief(final(large))} vs {brief(final(small))} at batch {_bs(small)}; ghost BN "
+            f"over {vbs} rows {'/'.join(brief(final(g)) for g in ghost.values())}; train - val gap "
+            f"{brief(gap(ghost[first]))} ({first} rows) vs {brief(gap(large))}")
 
 
 def notes(results):

@@ -7,7 +7,9 @@ from __future__ import annotations
 import numpy as np
 
 from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, mean_above, paired, within
-from bnjax.run.report import fmt, save_figure
+from bnjax.run.report import brief, fmt, save_figure
+
+SOURCES_SAY = "recomputed statistics >= EMA, most when it lags; unbiased variance makes no difference"
 
 # Per dataset: "match" is how far (accuracy) recomputed statistics may trail a running average on average and still
 # "match" it (two points: seeds differ by about one point on 1000 validation examples); "unbiased" the largest mean
@@ -103,6 +105,21 @@ def analyze(results):
                      f"{loss_txt}",
         ))
     return claims
+
+
+def key_numbers(results):
+    """Recomputed - running val accuracy (mean over epochs) per kind of statistics, epoch 1 at the laggiest EMA, and
+    the unbiased variance's change."""
+    gains = ", ".join(f"{brief(_gain(v, **w).mean(1), signed=True)} ({label})" for label, v, w in _methods(results)
+                      if not label.endswith("unbiased var"))
+    ema = results["ema"]
+    top = max(ema.values("bn_momentum"))
+    out = (f"recomputed - running val: {gains}; {brief(_gain(ema, bn_momentum=top)[:, 0], signed=True)} at epoch 1 "
+           f"(EMA {top:g})")
+    x = ema.extras.get("final_val_acc")
+    if x:
+        out += f"; unbiased variance {brief(np.subtract(x['running_unbiased'], x['running']), 3, signed=True)}"
+    return out
 
 
 def post_train(trained):

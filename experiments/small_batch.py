@@ -40,7 +40,10 @@ from __future__ import annotations
 import numpy as np
 
 from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, falls_below, mean_above, paired
-from bnjax.run.report import fmt, save_figure
+from bnjax.run.report import brief, fmt, save_figure
+
+SOURCES_SAY = ("renorm matches BN at large batches and beats it at small ones (Ioffe 2017); GN, LN, RMS norm flat in "
+               "the batch size while BN falls (Wu & He 2018)")
 
 NORMS = {"none": "no norm", "batchnorm": "batch norm", "renorm": "batch renorm", "groupnorm": "group norm",
          "layernorm": "layer norm", "rmsnorm": "RMS norm"}
@@ -166,6 +169,15 @@ def analyze(results):
         source=exp.source("per_example_flat"),
         evidence="; ".join(f"{NORMS[p]} final val: {_row(f)}" for p, f in per.items())))
     return claims
+
+
+def key_numbers(results):
+    """Final val accuracy at the smallest / largest batch, per normalization."""
+    bn = family(results, "batchnorm")
+    lo, hi = min(bn), max(bn)
+    parts = [f"{'BN' if p == 'batchnorm' else title} {brief(final(fam[lo]))}/{brief(final(fam[hi]))}"
+             for p, title in NORMS.items() if p != "none" and lo in (fam := family(results, p)) and hi in fam]
+    return f"val at batch {lo}/{hi} (equal epochs, lr ∝ √B): " + ", ".join(parts)
 
 
 def notes(results):

@@ -8,7 +8,9 @@ import math
 import numpy as np
 
 from bnjax.run.claims import Claim, Expect, Finding, every_seed, exceeds, expectations, falls_below, paired, seeds
-from bnjax.run.report import fmt, loss_tail, plot_metric_vs_axis
+from bnjax.run.report import brief, fmt, loss_tail, plot_metric_vs_axis
+
+SOURCES_SAY = "no norm stuck at small init, blows up at ws 1; BN learns everywhere"
 
 CHANCE = 0.10  # every dataset in bnjax.data has 10 classes
 BLOWUP = 10 * math.log(10)  # a final training loss 10x that of a uniform guess
@@ -100,6 +102,21 @@ def analyze(results):
         evidence="BN - none per scale: " + ", ".join(f"ws {ws:.2g}: {fmt(g)}" for ws, g in gaps.items()),
     ))
     return claims
+
+
+def key_numbers(results):
+    """Best val accuracy of no norm over the small scales, its final loss at the largest, BN's weakest scale."""
+    base, bn = results["baseline"], results["batchnorm"]
+    cut = expectations(EXPECT, results)["small"].threshold
+    b_val = _by_scale(base, lambda v, **w: v.best("val_acc", **w))
+    n_val = {ws: a for ws, a in _by_scale(bn, lambda v, **w: v.best("val_acc", **w)).items() if ws <= 0.1}
+    small = {ws: a for ws, a in b_val.items() if ws <= cut * (1 + 1e-6)}
+    top = max(base.values("weight_scale"))
+    tail = loss_tail(base, weight_scale=top)
+    out = [f"no norm best val <= {brief(_worst(small, np.max))} up to ws {cut:g}" if small else "",
+           f"final loss {np.nanmean(np.where(np.isfinite(tail), tail, np.nan)):.2g} at ws {top:g}",
+           f"BN best val >= {brief(_worst(n_val, np.min))} at ws <= 0.1" if n_val else ""]
+    return ", ".join(x for x in out if x)
 
 
 def notes(results):

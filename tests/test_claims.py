@@ -3,6 +3,8 @@ the four verdict words, checked against numbers worked out by hand."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -23,6 +25,7 @@ from bnjax.run.claims import (
     interval,
     mean_above,
     paired,
+    seeds_to_decide,
     within,
 )
 from bnjax.run.results import StudyResults, VariantResult
@@ -157,3 +160,72 @@ def test_dataset_of_reads_the_variants_data():
     res.variants["b"] = _variant("b", [0], [0.1], dataset="fashion_mnist")
     with pytest.raises(ValueError, match=r"per-dataset claims need one dataset per run"):
         dataset_of(res)
+
+
+# ------------------------------------------------------------------------------------------ seeds to decide
+
+def _brute_force_seeds(std, distance):
+    """The smallest n >= 2 with t(0.975, n - 1) * std / sqrt(n) < |distance|, by counting up (scipy's t)."""
+    from scipy.stats import t
+
+    n = 2
+    while t.ppf(0.975, n - 1) * std / np.sqrt(n) >= abs(distance):
+        n += 1
+    return n
+
+
+def test_seeds_to_decide_against_hand_computed_quantiles():
+    # std 1, distance 1: t(0.975, 5) = 2.5706 -> 2.5706 / sqrt(6) = 1.049 (not enough);
+    # t(0.975, 6) = 2.4469 -> 2.4469 / sqrt(7) = 0.925 < 1: 7 seeds.
+    assert seeds_to_decide(1.0, 1.0) == 7
+    assert seeds_to_decide(1.0, -1.0) == 7  # the side does not matter
+    # The issue's example (small_batch, GN flatter than BN): seeds 0.218/0.379/0.346 above 0.15, 95% interval
+    # 0.103..0.526 with 3 seeds. Sample std 0.0848, distance 0.1643: t(0.975, 3) = 3.1824 -> 3.1824 * 0.0848 / 2 =
+    # 0.135 < 0.164: 4 seeds.
+    f = exceeds([0.218, 0.379, 0.346], 0.15)
+    assert f.holds is None and f.to_decide == 4
+    assert seeds_to_decide(0.3, 0.0) == math.inf  # the mean on the threshold: no number of seeds
+    assert seeds_to_decide(0.0, 0.1) == 2  # no spread: two seeds give a zero-width interval
+    with pytest.raises(ValueError, match="must be finite"):
+        seeds_to_decide(float("nan"), 0.1)
+
+
+@pytest.mark.parametrize("std, distance", [(0.05, 0.01), (0.2, 0.15), (1.0, 0.003), (0.01, 0.5), (0.13, 0.0401)])
+def test_seeds_to_decide_is_the_smallest_count_scipy_agrees_with(std, distance):
+    assert seeds_to_decide(std, distance) == _brute_force_seeds(std, distance)
+
+
+def test_a_decided_finding_needs_no_more_seeds_and_a_yes_no_split_none_would_decide():
+    assert exceeds([0.30, 0.35, 0.40], 0.20).to_decide is None
+    assert exceeds([0.30, 0.35, 0.40], 0.48).to_decide is None  # contradicted: decided too
+    assert every_seed([True, False, True]).to_decide == math.inf
+    assert Finding(None, "by hand").to_decide is None
+    assert exceeds([0.2], 0.3).to_decide is None  # one seed: no spread to extrapolate from (and decided)
+
+
+def test_every_is_decided_by_all_parts_or_by_the_first_contradicted_one():
+    toward = exceeds([0.218, 0.379, 0.346], 0.15)  # mean above: 4 seeds would make it hold
+    slow = exceeds([0.01, 0.05, -0.02, 0.04], 0.0)  # mean +0.02 above 0, wide: many seeds
+    against = falls_below([0.22, 0.30, 0.26], 0.2)  # mean 0.26 above 0.2: contradicted with a few more seeds
+    n_slow, n_against = slow.to_decide, against.to_decide
+    assert n_slow > 4 and every([toward, slow]).to_decide == n_slow  # every part must hold: the largest need
+    assert n_against < n_slow and every([toward, slow, against]).to_decide == n_against  # or one is contradicted
+    assert every([toward, every_seed([True, False])]).to_decide == math.inf
+
+
+def test_an_inconclusive_claim_says_how_many_seeds_would_decide_it():
+    c = Claim.decide("GN flatter than BN", exceeds([0.218, 0.379, 0.346], 0.15))
+    assert c.verdict == INCONCLUSIVE and c.to_decide == 4
+    assert c.note == ("the threshold lies inside the spread over seeds; with this mean and spread 4 seeds would "
+                      "decide it (3 here), for the claim")
+    assert [n.values for n in c.comparisons] == [(0.218, 0.379, 0.346)]
+    c = Claim.decide("x", exceeds([0.1, 0.2, 0.12, 0.3], 0.15))  # mean above, two seeds below
+    assert c.note.endswith("for the claim; a PASS also needs every seed on the claimed side (2 of 4 are not)")
+    c = Claim.decide("x", exceeds([0.1, 0.2, 0.12, 0.13], 0.15))  # mean below: more seeds would contradict it
+    assert c.note.endswith(f"{c.to_decide} seeds would decide it (4 here), against the claim")
+    assert Claim.decide("x", every_seed([True, False])).note.endswith(
+        "no number of seeds would decide it (the seeds split on a yes/no)")
+    assert Claim.decide("x", exceeds([0.1, 0.3], 0.2)).note.endswith(
+        "no number of seeds would decide it (the mean sits on the threshold)")
+    assert Claim.decide("x", exceeds([0.3, 0.35], 0.2)).comparisons[0].holds is None
+    assert Claim.decide("x", Finding(None, "by hand")).note == "the threshold lies inside the spread over seeds"

@@ -25,6 +25,7 @@ from bnjax.run.results import (
     read_metrics,
     save_variant,
 )
+from bnjax.run.summary import parse_command
 
 
 def make_variant(name, members, axes, curves, *, steps=4, diverged=None):
@@ -198,3 +199,42 @@ def test_library_never_imports_experiments():
     for path in root.rglob("*.py"):
         text = path.read_text()
         assert "import experiments" not in text and "from experiments" not in text, path
+
+
+def test_summary_carries_the_numbers_the_run_and_the_machine(tmp_path):
+    mod_path = tmp_path / "toy_analysis.py"
+    mod_path.write_text(ANALYSIS + '\nSOURCES_SAY = "a beats b"\n\ndef key_numbers(results):\n    return "a .80"\n')
+    results = toy_results(tmp_path)
+    results.meta.update(command="bnjax run configs/toy.toml --set train.epochs=2 'sweep.seeds=[0,1]' --out x --quiet",
+                        device="cpu, 1 device(s)", software={"bnjax": "0.1.0", "bnjax_commit": "abcdef0123456789",
+                                                             "bnjax_dirty": False, "jax": "0.10.2"},
+                        load_average_start=[0.5, 0.4, 0.3], load_average_end=[2.1, 1.0, 0.5], started="2026-01-01")
+    summary = write_report(results, load_analysis(mod_path))
+    assert (summary["sources_say"], summary["key_numbers"]) == ("a beats b", "a .80")
+    assert (summary["seeds"], summary["num_seeds"]) == ([0, 1], 2)
+    assert summary["rerun"] == {"config": "configs/toy.toml", "overrides": ["train.epochs=2", "sweep.seeds=[0,1]"]}
+    assert summary["config"]["study"]["name"] == "toy" and summary["wall_time_s"] == 3.0
+    assert summary["load_average"] == {"start": [0.5, 0.4, 0.3], "end": [2.1, 1.0, 0.5]}
+    assert summary["software"]["bnjax_commit"] == "abcdef0123456789" and summary["device"] == "cpu, 1 device(s)"
+    claim = summary["claims"][3]  # "a beats b by 0.5": leads 0.4, 0.6 -> mean 0.5 on the threshold
+    assert claim["verdict"] == "INCONCLUSIVE" and claim["seeds_to_decide"] == "no finite number"
+    assert claim["numbers"][0]["values"] == pytest.approx([0.4, 0.6])
+    assert claim["numbers"][0]["mean"] == pytest.approx(0.5) and claim["numbers"][0]["holds"] is None
+    assert "seeds_to_decide" not in summary["claims"][0] and summary["claims"][0]["numbers"] == []
+    md = (tmp_path / "report.md").read_text()
+    assert "- seeds: 2 (0, 1)" in md
+    assert ("- wall-clock: 3.0 s (from setting up the run directory to the report), load average (1, 5, 15 min): "
+            "0.5, 0.4, 0.3 at the start, 2.1, 1.0, 0.5 at the end") in md
+    assert "- software: bnjax 0.1.0 (commit abcdef0123), jax 0.10.2" in md
+    assert "- claim 4, INCONCLUSIVE: the threshold lies inside the spread over seeds; no number of seeds" in md
+
+
+@pytest.mark.parametrize("command, rerun", [
+    ("bnjax run configs/q.toml", {"config": "configs/q.toml", "overrides": []}),
+    ("bnjax run q --set a.b=1 --set 'c.d=[1, 2]' --out o --resume --quiet --cpu-devices 2",
+     {"config": "q", "overrides": ["a.b=1", "c.d=[1, 2]"]}),
+    ("bnjax report runs/x", None), ("python train.py", None), (None, None), ("bnjax run", None),
+    ("bnjax run 'unclosed", None),
+])
+def test_parse_command_recovers_the_config_and_the_set_options(command, rerun, capsys):
+    assert parse_command(command) == rerun

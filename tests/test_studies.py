@@ -372,13 +372,23 @@ TINY_EXTRA = {
 @pytest.mark.parametrize("study", [s if s == "quickstart" else pytest.param(s, marks=pytest.mark.slow)
                                    for s in STUDIES])
 def test_tiny_study_runs_end_to_end(study, tmp_path, capsys):
-    out = tmp_path / study
+    out, results = tmp_path / study, tmp_path / "results"
     args = ["run", str(REPO / "configs" / f"{study}.toml"), "--out", str(out), "--quiet",
-            "--set", *TINY, *TINY_EXTRA.get(study, [])]
+            "--set", *TINY, *TINY_EXTRA.get(study, []), "--store", str(results)]
     assert cli.main(args) == 0
-    line = capsys.readouterr().out.strip()
+    line, stored = capsys.readouterr().out.strip().splitlines()
     assert line.startswith(f"results: {out}/report.md (") and line.endswith(" claims PASS)")
     summary = json.loads((out / "summary.json").read_text())
+    # --store keeps the summary as <results>/<study>/<dataset>/summary.json, with what reproduces and dates it
+    assert stored == f"stored: {results / study / 'mnist1d' / 'summary.json'}"
+    assert json.loads((results / study / "mnist1d" / "summary.json").read_text()) == summary
+    assert summary["rerun"] == {"config": str(REPO / "configs" / f"{study}.toml"),
+                                "overrides": [*TINY, *TINY_EXTRA.get(study, [])]}
+    assert summary["wall_time_s"] > 0 and summary["num_seeds"] == 1 and summary["key_numbers"]
+    assert all(len(summary["load_average"][k]) == 3 for k in ("start", "end"))
+    assert summary["software"]["jax"] and summary["software"]["numpy"] and summary["device"].startswith("cpu")
+    run = json.loads((out / "run.json").read_text())  # the clock stopped before the report: no second figure
+    assert (run["wall_time_s"], run["load_average_end"]) == (summary["wall_time_s"], summary["load_average"]["end"])
     assert summary["total"] > 0 and all(isinstance(c["passed"], bool) for c in summary["claims"])
     assert line.endswith(f"({summary['passed']}/{summary['total']} claims PASS)")
     md = (out / "report.md").read_text()

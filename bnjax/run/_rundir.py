@@ -33,6 +33,7 @@ from bnjax._faults import kill_point
 from bnjax._typing import FieldError
 from bnjax.run._errors import RunError, RunInterrupted, Terminated
 from bnjax.run._schema import config_error
+from bnjax.run._machine import compile_cache_on, load_average, software
 from bnjax.run.config import ConfigError, DataConfig, StudyConfig, Variant, resolved_raw
 from bnjax.train._checkpoint import CheckpointError, verify_checkpoints
 from bnjax.train._config import PLACEMENT_FIELDS
@@ -423,7 +424,8 @@ class RunDir:
     ``config.json``, ``config.source.toml``, ``analysis.py``, ``run.json`` (``"status": "running"``) and opens
     ``metrics.jsonl`` (:attr:`metrics`); SIGTERM/SIGHUP now raise :class:`Terminated`.
 
-    On exit: closes the metrics log and records the wall-clock time. Without an exception the run is marked
+    On exit: closes the metrics log and records the wall-clock time and the load average (unless
+    :meth:`record_time` already did, before the report). Without an exception the run is marked
     ``"complete"``. Otherwise, if nothing was trained, everything the run wrote is removed (and the directory
     itself if the run created it), so a rerun starts cleanly; else ``run.json`` says ``"interrupted"`` and
     ``--resume`` continues. Ctrl-C and termination signals come out as :class:`RunInterrupted`; an OSError that
@@ -439,7 +441,7 @@ class RunDir:
         self._fd: int | None = None
         self._created = False  # the run created the directory
         self._wrote = False  # the run began writing into it (after checking it under the lock)
-        self._t0 = time.perf_counter()
+        self._t0: float | None = time.perf_counter()
         self._handlers: dict[int, Any] = {}
         self.meta: dict[str, Any] = {}
 
@@ -477,6 +479,7 @@ class RunDir:
         meta = _read_json(out / RUN_FILE) if plan.resume else {}
         meta.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
         meta.update(command=self.command or meta.get("command"), device=self.device, python=self.python,
+                    software=software(), compile_cache=compile_cache_on(), load_average_start=load_average(),
                     status="running", pid=os.getpid())
         self.meta = meta
         write_text(out / RUN_FILE, json.dumps(meta, indent=1))
@@ -521,8 +524,7 @@ class RunDir:
                 with contextlib.suppress(OSError):
                     out.rmdir()
             return None
-        if "started" in self.meta:
-            self.meta["wall_time_s"] = float(self.meta.get("wall_time_s") or 0.0) + (time.perf_counter() - self._t0)
+        self._stop_clock()
         if et is None:
             self._mark("complete")
             return None
@@ -546,6 +548,19 @@ class RunDir:
         if isinstance(ev, OSError) and ev.filename is None and ev.strerror:
             return OSError(ev.errno, ev.strerror, str(out))
         return None
+
+    def record_time(self) -> None:
+        """Writes the wall-clock so far and the load average now into ``run.json``: called once training is done,
+        before the report, so that the summary carries them. This session's clock stops here."""
+        self._stop_clock()
+        write_text(self.out / RUN_FILE, json.dumps(self.meta, indent=1))
+
+    def _stop_clock(self) -> None:
+        # A resumed run adds this session's seconds to the earlier sessions'.
+        if "started" in self.meta and self._t0 is not None:
+            self.meta["wall_time_s"] = float(self.meta.get("wall_time_s") or 0.0) + (time.perf_counter() - self._t0)
+            self.meta["load_average_end"] = load_average()
+            self._t0 = None
 
     def _mark(self, status: str, reason: str = "") -> None:
         self.meta.update(status=status)

@@ -25,6 +25,7 @@ import numpy as np
 from bnjax.nn import MLPSpec, batch_norm, batch_norm_init
 from bnjax.run._bench_parallel import bench_parallel, run_cpu_subprocess
 from bnjax.run._bench_refs import flax_linen_step, purejax_step
+from bnjax.run._machine import load_average
 from bnjax.run._timing import stateful, time_interleaved
 from bnjax.train import TrainConfig, init_ensemble, init_train_state, make_epoch_fn, make_train_step, resolve_members
 
@@ -226,7 +227,7 @@ def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str
     result: dict[str, Any] = {
         "jax": jax.__version__, "python": platform.python_version(), "machine": platform.processor() or platform.machine(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "cpu_count": os.cpu_count(),
-        "load_average_start": _load_average(), "by_device": {},
+        "load_average_start": load_average(), "by_device": {},
     }
     for dev in devices:
         name = f"{dev.platform}:{getattr(dev, 'device_kind', '')}".rstrip(":")
@@ -255,7 +256,7 @@ def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str
                                            rounds=rounds, calls=calls)
             log(_table(r["bn_layer"], ["shape", "analytic_us", "autodiff_us", "analytic_vs_autodiff"]))
         result["by_device"][name] = r
-    result["load_average_end"] = _load_average()
+    result["load_average_end"] = load_average()
     log(f"load average (1, 5, 15 min): {result['load_average_start']} at the start, {result['load_average_end']} "
         f"at the end")
     if out is not None:
@@ -266,14 +267,6 @@ def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str
         tmp.replace(out)
         log(f"saved {out}")
     return result
-
-
-def _load_average() -> list[float] | None:
-    """The 1, 5 and 15 minute load averages (None where the OS has none): other jobs on the machine skew timings."""
-    try:
-        return [round(v, 2) for v in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> str:

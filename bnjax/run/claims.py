@@ -17,7 +17,10 @@ Verdict words (also the legend of every ``report.md``):
   reason) and the numbers show the known outcome, as this project measured before: written "DIFFERS (from
   CIFAR-10, as measured)". A finding, not a defect.
 - ``INCONCLUSIVE`` -- the threshold lies inside the spread over seeds (a seed on the other side, or the interval
-  across it): this run cannot call it either way; more seeds, or a larger effect, would.
+  across it): this run cannot call it either way; more seeds, or a larger effect, would. Its note says how many
+  seeds would decide it with the same mean and spread (:func:`seeds_to_decide`: the smallest ``n`` with
+  ``t(0.975, n-1) * s / sqrt(n) < |mean - threshold|``), or that no number would (the mean on the threshold, or
+  seeds that split on a yes/no).
 
 Deciding on seeds: a claim's quantity is measured once per seed, ``x_1 .. x_n`` (for "A leads B" the seed-paired
 difference ``A - B``: members with the same seed share their initialisation key and batch order). Its interval is
@@ -60,8 +63,9 @@ A claim may also be built directly, ``Claim(text, verdict, evidence, note=...)``
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,6 +78,7 @@ __all__ = [
     "PASS",
     "VERDICTS",
     "Claim",
+    "Comparison",
     "Expect",
     "Expectations",
     "Finding",
@@ -87,6 +92,8 @@ __all__ = [
     "mean_above",
     "paired",
     "seeds",
+    "seeds_to_decide",
+    "undecided_note",
     "within",
 ]
 
@@ -230,18 +237,72 @@ def paired(a: Any, a_values: Any, b: Any, b_values: Any, *, where_a: Mapping[str
 # --------------------------------------------------------------------------------------------- findings
 
 @dataclass(frozen=True)
+class Comparison:
+    """One test behind a finding: per-seed values against a threshold, with the numbers a summary keeps.
+
+    Attributes:
+      label: what the values are (``"BN - none, per seed"``; may be empty).
+      relation: the claimed relation, e.g. ``"> 0.3"``, ``"mean > -0.02"``, ``"within 1 ± 0.1"``,
+        ``"every seed"``.
+      values: the finite per-seed values (1.0/0.0 for a yes/no per seed).
+      mean: their mean (for a yes/no: the fraction of yes).
+      half_width: the half-width of the 95% interval of the mean (:func:`interval`); NaN for a yes/no.
+      margin: how far the mean lies on the claimed side of the threshold (negative: on the other side; for
+        ``within``, from the nearer edge of the band); NaN for a yes/no.
+      holds: this test's own outcome: True, False, or None (unclear).
+      to_decide: for an unclear test, the number of seeds that would decide it with this mean and spread
+        (:func:`seeds_to_decide`; ``math.inf``: no number would); None when decided or with one seed.
+      off_side: seeds on the other side of the threshold from the claim, for tests whose PASS needs every seed
+        on the claimed side (:func:`exceeds`, :func:`falls_below`); 0 for the others.
+      text: the short form, e.g. ``"BN - none, per seed: +0.466 (95% interval +0.428..+0.504) > 0.3"``.
+    """
+
+    label: str
+    relation: str
+    values: tuple[float, ...]
+    mean: float
+    half_width: float
+    margin: float
+    holds: bool | None
+    to_decide: float | None = None
+    off_side: int = 0
+    text: str = ""
+
+
+@dataclass(frozen=True)
 class Finding:
-    """What the seeds say about one comparison.
+    """What the seeds say about one comparison (or several, joined by :func:`every`).
 
     Attributes:
       holds: True (the claim holds), False (it is contradicted) or None (unclear: the threshold lies inside the
         spread over seeds).
       summary: the numbers behind it, e.g.
         ``"BN - none: +0.466 (95% interval +0.428..+0.504; seeds +0.447/+0.475/+0.477) > 0.3"``.
+      comparisons: the tests it was decided on (empty for a finding written by hand).
     """
 
     holds: bool | None
     summary: str
+    comparisons: tuple[Comparison, ...] = field(default=(), repr=False)
+
+    @property
+    def to_decide(self) -> float | None:
+        """For an unclear finding, how many seeds would decide it with the same means and spreads.
+
+        Each unclear test needs :attr:`Comparison.to_decide` seeds; the finding is decided once every test is
+        (all hold) or once one test is contradicted, so this is the largest need, or the smallest need of a test
+        whose mean lies on the contradicting side if that is fewer. ``math.inf``: no number of seeds would;
+        None: decided, or not estimable (a finding written by hand, one seed).
+        """
+        unclear = [c for c in self.comparisons if c.holds is None]
+        if self.holds is not None or not unclear:
+            return None
+        needs = [c.to_decide for c in unclear]
+        n = None if any(x is None for x in needs) else max(x for x in needs if x is not None)
+        against = [c.to_decide for c in unclear if c.to_decide is not None and c.margin < 0]
+        if against:
+            n = min(against) if n is None else min(n, min(against))
+        return n
 
 
 def interval(values: Any) -> tuple[float, float]:
@@ -259,17 +320,55 @@ def interval(values: Any) -> tuple[float, float]:
     return float(x.mean()), half
 
 
+_Z975 = 1.959963984540054  # the normal 97.5% quantile, the limit of t(0.975, n - 1)
+
+
+def seeds_to_decide(std: float, distance: float) -> float:
+    """The smallest seed count ``n >= 2`` whose 95% interval of the mean is narrower than ``distance``.
+
+    With ``n`` seeds of the same mean and spread the interval is ``mean ± t(0.975, n - 1) * std / sqrt(n)``; once
+    ``t(0.975, n - 1) * std / sqrt(n) < |distance|`` (``distance = mean - threshold``) it lies wholly on one side of
+    the threshold, and the interval part of the verdict rule is decided: for the claim when the mean is on its
+    side, against it (FAIL, or DIFFERS where the dataset's table expects that) otherwise. A PASS also needs every
+    seed on the claimed side, which more seeds make harder when the spread reaches across the threshold, so the
+    count is a floor for that case.
+
+    Args:
+      std: the sample standard deviation of the per-seed values (``ddof=1``).
+      distance: the mean minus the threshold (the sign does not matter).
+
+    Returns:
+      ``n`` (an int), or ``math.inf`` when the mean sits on the threshold (no number of seeds decides it).
+    """
+    d = abs(float(distance))
+    if not (np.isfinite(std) and np.isfinite(d)) or std < 0:
+        raise ValueError(f"seeds_to_decide(std={std!r}, distance={distance!r}): both must be finite, std >= 0.")
+    if d == 0.0:
+        return math.inf
+    if std == 0.0:
+        return 2
+    from scipy.stats import t as student_t
+
+    # t(0.975, n - 1) > z for every n, so no n below (z * std / d)^2 is enough; from there t is within a few steps.
+    n = max(2, math.floor((_Z975 * std / d) ** 2))
+    while float(student_t.ppf(0.975, n - 1)) * std / math.sqrt(n) >= d:
+        n += 1
+    return n
+
+
 def _finite(values: Any) -> np.ndarray:
     x = np.asarray(values, float).ravel()
     return x[np.isfinite(x)]
 
 
-def _describe(x: np.ndarray, relation: str, digits: int, label: str, signed: bool = True) -> str:
+def _describe(x: np.ndarray, relation: str, digits: int, label: str, signed: bool = True, *,
+              per_seed: bool = True) -> str:
     f = (lambda a: f"{a:+.{digits}f}") if signed else (lambda a: f"{a:.{digits}f}")  # noqa: E731
     m, half = interval(x)
     per = "/".join(f(a) for a in x) if x.size <= 6 else f"{f(x.min())}..{f(x.max())}, {x.size} seeds"
     head = f"{label}: " if label else ""
-    return f"{head}{f(m)} (95% interval {f(m - half)}..{f(m + half)}; seeds {per}) {relation}"
+    seeds_part = f"; seeds {per}" if per_seed else ""
+    return f"{head}{f(m)} (95% interval {f(m - half)}..{f(m + half)}{seeds_part}) {relation}"
 
 
 def _signed(x: np.ndarray, reference: float) -> bool:
@@ -279,6 +378,17 @@ def _signed(x: np.ndarray, reference: float) -> bool:
 
 def _none(label: str) -> Finding:
     return Finding(None, f"{label + ': ' if label else ''}no finite value")
+
+
+def _finding(x: np.ndarray, holds: bool | None, margin: float, relation: str, digits: int, label: str,
+             signed: bool, off_side: int = 0) -> Finding:
+    """A one-test finding: its summary, and its numbers as a :class:`Comparison`."""
+    m, half = interval(x)
+    to_decide = seeds_to_decide(float(x.std(ddof=1)), margin) if holds is None and x.size > 1 else None
+    short = _describe(x, relation, digits, label, signed, per_seed=False)
+    c = Comparison(label, relation, tuple(float(a) for a in x), float(m), float(half), float(margin), holds, to_decide,
+                   off_side, short)
+    return Finding(holds, _describe(x, relation, digits, label, signed), (c,))
 
 
 def exceeds(values: Any, threshold: float = 0.0, *, digits: int = 3, label: str = "") -> Finding:
@@ -293,7 +403,8 @@ def exceeds(values: Any, threshold: float = 0.0, *, digits: int = 3, label: str 
         return _none(label)
     m, half = interval(x)
     holds = True if (x.min() > threshold and m - half > threshold) else False if m + half <= threshold else None
-    return Finding(holds, _describe(x, f"> {threshold:g}", digits, label, _signed(x, threshold)))
+    return _finding(x, holds, m - threshold, f"> {threshold:g}", digits, label, _signed(x, threshold),
+                    int((x <= threshold).sum()))
 
 
 def falls_below(values: Any, threshold: float = 0.0, *, digits: int = 3, label: str = "") -> Finding:
@@ -303,7 +414,8 @@ def falls_below(values: Any, threshold: float = 0.0, *, digits: int = 3, label: 
         return _none(label)
     m, half = interval(x)
     holds = True if (x.max() < threshold and m + half < threshold) else False if m - half >= threshold else None
-    return Finding(holds, _describe(x, f"< {threshold:g}", digits, label, _signed(x, threshold)))
+    return _finding(x, holds, threshold - m, f"< {threshold:g}", digits, label, _signed(x, threshold),
+                    int((x >= threshold).sum()))
 
 
 def mean_above(values: Any, threshold: float, *, digits: int = 4, label: str = "") -> Finding:
@@ -316,7 +428,7 @@ def mean_above(values: Any, threshold: float, *, digits: int = 4, label: str = "
         return _none(label)
     m, half = interval(x)
     holds = True if m - half > threshold else False if m + half <= threshold else None
-    return Finding(holds, _describe(x, f"mean > {threshold:g}", digits, label, _signed(x, threshold)))
+    return _finding(x, holds, m - threshold, f"mean > {threshold:g}", digits, label, _signed(x, threshold))
 
 
 def within(values: Any, tol: float, *, center: float = 0.0, digits: int = 4, label: str = "") -> Finding:
@@ -330,22 +442,28 @@ def within(values: Any, tol: float, *, center: float = 0.0, digits: int = 4, lab
     lo, hi = m - half, m + half
     holds = (True if (lo > center - tol and hi < center + tol)
              else False if (lo >= center + tol or hi <= center - tol) else None)
-    return Finding(holds, _describe(x, f"within {center:g} ± {tol:g}", digits, label, _signed(x, center)))
+    margin = min(m - (center - tol), (center + tol) - m)  # from the nearer edge; negative outside the band
+    return _finding(x, holds, margin, f"within {center:g} ± {tol:g}", digits, label, _signed(x, center))
 
 
 def every_seed(flags: Any, *, label: str = "", what: str = "") -> Finding:
     """A yes/no observation per seed (e.g. "the loss blew up"): holds when every seed says yes, contradicted when
-    none does, unclear when they disagree."""
+    none does, unclear when they disagree (and no number of seeds would then decide it)."""
     b = np.asarray(flags, bool).ravel()
     holds = True if b.all() else False if not b.any() else None
     head = f"{label}: " if label else ""
-    return Finding(holds, f"{head}{int(b.sum())}/{b.size} seeds{' ' + what if what else ''}")
+    text = f"{head}{int(b.sum())}/{b.size} seeds{' ' + what if what else ''}"
+    c = Comparison(label, f"every seed{' ' + what if what else ''}", tuple(float(a) for a in b),
+                   float(b.mean()) if b.size else float("nan"), float("nan"), float("nan"), holds,
+                   math.inf if holds is None else None, text=text)
+    return Finding(holds, text, (c,))
 
 
 def every(findings: Iterable[Finding], *, summary: str | None = None) -> Finding:
     """All of ``findings`` at once: holds when every one holds, contradicted as soon as one is, else unclear.
 
-    ``summary`` replaces the joined summaries (which can be long, e.g. one per epoch).
+    ``summary`` replaces the joined summaries (which can be long, e.g. one per epoch); the comparisons of all the
+    findings are kept.
     """
     fs: Sequence[Finding] = list(findings)
     if not fs:
@@ -356,7 +474,8 @@ def every(findings: Iterable[Finding], *, summary: str | None = None) -> Finding
         holds = True
     else:
         holds = None
-    return Finding(holds, summary if summary is not None else "; ".join(f.summary for f in fs))
+    return Finding(holds, summary if summary is not None else "; ".join(f.summary for f in fs),
+                   tuple(c for f in fs for c in f.comparisons))
 
 
 # ---------------------------------------------------------------------------------------------- claims
@@ -372,6 +491,9 @@ class Claim:
       evidence: the numbers behind the verdict (per-seed values, interval, threshold and where it comes from).
       note: one line for the report, required with DIFFERS and INCONCLUSIVE (why it differs / what is unclear).
       versus: with DIFFERS, the source's dataset the result differs from (``"CIFAR-10"``).
+      comparisons: the tests behind the verdict, with their per-seed numbers (:meth:`decide` fills them in).
+      to_decide: with INCONCLUSIVE, the seeds that would decide it with the same means and spreads
+        (:attr:`Finding.to_decide`; ``math.inf``: no number would; None: not estimable).
     """
 
     text: str
@@ -379,6 +501,8 @@ class Claim:
     evidence: str
     note: str = ""
     versus: str = ""
+    comparisons: tuple[Comparison, ...] = field(default=(), repr=False)
+    to_decide: float | None = None
 
     def __post_init__(self) -> None:
         v = self.verdict
@@ -422,12 +546,41 @@ class Claim:
         if expect.differs and differs_if is not None:
             parts.append(f"known outcome here: {differs_if.summary}")
         ev = "; ".join(parts)
+        numbers = finding.comparisons
         if finding.holds is True:
             note = (f"expected to differ from {expect.differs} here ({expect.why}), yet it holds in this run"
                     if expect.differs else "")
-            return cls(text, PASS, ev, note)
+            return cls(text, PASS, ev, note, comparisons=numbers)
         if expect.differs and (finding.holds is False or (differs_if is not None and differs_if.holds is True)):
-            return cls(text, DIFFERS, ev, expect.why, expect.differs)
+            return cls(text, DIFFERS, ev, expect.why, expect.differs, comparisons=numbers)
         if finding.holds is False:
-            return cls(text, FAIL, ev)
-        return cls(text, INCONCLUSIVE, ev, "the threshold lies inside the spread over seeds")
+            return cls(text, FAIL, ev, comparisons=numbers)
+        return cls(text, INCONCLUSIVE, ev, undecided_note(finding), comparisons=numbers, to_decide=finding.to_decide)
+
+
+def undecided_note(finding: Finding) -> str:
+    """The note of an INCONCLUSIVE claim: the threshold lies inside the spread, and how many seeds would decide it.
+
+    E.g. "the threshold lies inside the spread over seeds; with this mean and spread 12 seeds would decide it (5
+    here), for the claim; a PASS also needs every seed on the claimed side (1 of 5 is not)".
+    """
+    note = "the threshold lies inside the spread over seeds"
+    n = finding.to_decide
+    unclear = [c for c in finding.comparisons if c.holds is None]
+    if n is None or not unclear:
+        return note
+    if n == math.inf:
+        split = [c for c in unclear if c.to_decide == math.inf and not np.isfinite(c.margin)]
+        why = "the seeds split on a yes/no" if split else "the mean sits on the threshold"
+        return f"{note}; no number of seeds would decide it ({why})"
+    here = max(len(c.values) for c in unclear)
+    deciding = [c for c in unclear if c.to_decide == n]
+    if any(c.margin < 0 for c in deciding):
+        return f"{note}; with this mean and spread {n} seeds would decide it ({here} here), against the claim"
+    note += f"; with this mean and spread {n} seeds would decide it ({here} here), for the claim"
+    off = [c for c in unclear if c.off_side]
+    if off:
+        worst = max(off, key=lambda c: c.off_side)
+        note += (f"; a PASS also needs every seed on the claimed side ({worst.off_side} of {len(worst.values)} "
+                 f"{'is' if worst.off_side == 1 else 'are'} not)")
+    return note

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -40,6 +41,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"process {jax.process_index()} of {jax.process_count()}: done; process 0 wrote {out}/report.md")
     else:
         print(f"results: {out}/report.md ({summary['passed']}/{summary['total']} claims PASS)")
+        if args.store:
+            from bnjax.run.stored import store_summary
+
+            print(f"stored: {store_summary(summary, args.store)}")
     return 0
 
 
@@ -53,6 +58,8 @@ def _resume_command(args: argparse.Namespace) -> str:
     parts += ["--out", str(args.out_dir), "--resume"] + (["--quiet"] if args.quiet else [])
     if args.checkpoint_every:
         parts += ["--checkpoint-every", f"{args.checkpoint_every:g}"]
+    if args.store:
+        parts += ["--store", args.store]
     if args.cpu_devices is not None:
         parts += ["--cpu-devices", str(args.cpu_devices)]
     if args.coordinator is not None:
@@ -65,11 +72,46 @@ def _resume_command(args: argparse.Namespace) -> str:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from bnjax.run.runner import rebuild_report
+    from bnjax.run._errors import RunError
 
-    summary = rebuild_report(args.run_dir)
-    print(f"results: {args.run_dir.rstrip('/')}/report.md ({summary['passed']}/{summary['total']} claims PASS)")
+    if args.check and args.table is None:
+        raise RunError("--check compares the tables with --table DIR's summaries: give --table DIR.")
+    if args.run_dir is None and args.table is None:
+        raise RunError("give a run directory (bnjax report RUN_DIR [--store DIR]) or --table DIR.")
+    if args.run_dir is not None:
+        _report_run(args)
+    if args.table is None:
+        return 0
+    from bnjax.run.tables import check_tables, write_tables
+
+    if args.check:
+        differences = check_tables(args.table, args.readme, args.references)
+        for d in differences:
+            print(f"bnjax report: {d}", file=sys.stderr)
+        if differences:
+            print(f"regenerate with: bnjax report --table {args.table}", file=sys.stderr)
+            return 1
+        print(f"tables: {args.readme} and {args.references} match {args.table}")
+        return 0
+    changed = write_tables(args.table, args.readme, args.references)
+    print(f"tables: {', '.join(map(str, changed))} rewritten from {args.table}" if changed
+          else f"tables: {args.readme} and {args.references} already match {args.table}")
     return 0
+
+
+def _report_run(args: argparse.Namespace) -> None:
+    from bnjax.run.runner import rebuild_report
+    from bnjax.run.stored import store_run
+
+    run_dir = args.run_dir.rstrip("/")
+    if args.store:
+        stored = store_run(run_dir, args.store)
+        summary = json.loads(stored.read_text())
+    else:
+        summary = rebuild_report(run_dir)
+    print(f"results: {run_dir}/report.md ({summary['passed']}/{summary['total']} claims PASS)")
+    if args.store:
+        print(f"stored: {stored}")
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -176,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=_seconds, default=0.0, metavar="SECONDS",
                    help="save the training variant's checkpoint at the first epoch boundary after this many seconds "
                         "(and at its last epoch); 0 (default): every epoch. A killed run resumes from it")
+    p.add_argument("--store", default=None, metavar="DIR",
+                   help="also keep the run's summary.json as DIR/<study>/<dataset>/summary.json (the project keeps "
+                        "its results in experiments/results/)")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not use JAX's persistent compilation cache (default: on, in $XDG_CACHE_HOME/bnjax/"
                         "jax-compile or ~/.cache/bnjax/jax-compile; BNJAX_COMPILE_CACHE=0 also turns it off)")
@@ -196,8 +241,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_run, argv=None, out_dir=None)
 
     p = sub.add_parser("report", parents=[common],
-                       help="rebuild the plots and report.md of a run directory from its saved metrics")
-    p.add_argument("run_dir", help="a directory written by `bnjax run`")
+                       help="rebuild the plots and report.md of a run directory from its saved metrics; store its "
+                            "summary; generate or check the README's results table from stored summaries")
+    p.add_argument("run_dir", nargs="?", default=None, help="a directory written by `bnjax run`")
+    p.add_argument("--store", default=None, metavar="DIR",
+                   help="keep the complete run's summary.json as DIR/<study>/<dataset>/summary.json, e.g. "
+                        "--store experiments/results/")
+    p.add_argument("--table", default=None, metavar="DIR",
+                   help="rewrite the generated parts of --readme and --references from the summaries under DIR")
+    p.add_argument("--check", action="store_true",
+                   help="with --table: write nothing; exit 1 naming the first difference in each file")
+    p.add_argument("--readme", default="README.md", help="the file holding the results table (default README.md)")
+    p.add_argument("--references", default="experiments/REFERENCES.md",
+                   help="the file holding the per-study blocks (default experiments/REFERENCES.md)")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("bench", parents=[common],
@@ -222,10 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Runs the command in ``argv`` (default ``sys.argv[1:]``) and returns the exit code.
 
-    Exit codes: 0 success; 1 a failed check (gradcheck, list) or a bug (with its traceback); 2 an error the
-    user can fix (bad config, option, path, data file, busy or occupied results directory, damaged checkpoint,
-    full or read-only disk), printed as one ``bnjax <command>: error: ...`` message; 128 + N after signal N
-    (130 Ctrl-C, 143 SIGTERM), with the command that resumes the run.
+    Exit codes: 0 success; 1 a failed check (gradcheck, list, report --check) or a bug (with its traceback); 2 an
+    error the user can fix (bad config, option, path, data file, busy or occupied results directory, damaged
+    checkpoint, a results table's missing marker, full or read-only disk), printed as one ``bnjax <command>:
+    error: ...`` message; 128 + N after signal N (130 Ctrl-C, 143 SIGTERM), with the command that resumes the run.
     """
     import logging
 

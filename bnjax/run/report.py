@@ -2,15 +2,19 @@
 
 The generic part lives here: accuracy/loss per epoch per variant with a seed band, the per-step loss, the
 final-numbers table and the claims table. A study's analysis module adds its claims (``analyze``), and may add
-plots (``plots``) and notes (``notes``):
+plots (``plots``), notes (``notes``) and the one-line texts of the README's results table (``key_numbers``,
+``SOURCES_SAY``, kept in ``summary.json``):
 
     def analyze(results: StudyResults) -> list[Claim]: ...
     def plots(results: StudyResults, out_dir: Path) -> list[Figure]: ...       # optional
     def notes(results: StudyResults) -> list[str]: ...                          # optional
+    def key_numbers(results: StudyResults) -> str: ...                          # optional: the README table's
+    SOURCES_SAY = "what the sources claim, one line"                            # optional     numbers and text
 
 A claim's verdict (PASS, FAIL, DIFFERS, INCONCLUSIVE) is computed by the analysis module from the numbers, with the
 rules of :mod:`bnjax.run.claims` (seed-by-seed decisions against the expectations of the dataset in use); this
-module only lays it out, with a legend of the verdict words and a one-line note under each DIFFERS/INCONCLUSIVE.
+module only lays it out, with a legend of the verdict words and a one-line note under each DIFFERS/INCONCLUSIVE
+(for INCONCLUSIVE: how many seeds would decide it). The fields of ``summary.json``: :mod:`bnjax.run.summary`.
 """
 
 from __future__ import annotations
@@ -26,15 +30,18 @@ from typing import Any
 
 import numpy as np
 
-from bnjax.run.claims import DATASET_TITLES, LEGEND, VERDICTS, Claim, dataset_of
-from bnjax.run.results import StudyResults, VariantResult, jsonable
+from bnjax.run.claims import DATASET_TITLES, LEGEND, VERDICTS, Claim
+from bnjax.run.results import StudyResults, VariantResult
+from bnjax.run.summary import build_summary, software_line, verdict_counts
 
 __all__ = [
     "Claim",
+    "brief",
     "Figure",
     "fmt",
     "load_analysis",
     "loss_tail",
+    "markdown_table",
     "mean_std",
     "plot_curves",
     "plot_metric_vs_axis",
@@ -79,6 +86,16 @@ def fmt(values: Any, digits: int = 3) -> str:
     if a.size == 1:
         return f"{m:.{digits}f}"
     return f"{m:.{digits}f} ± {s:.{digits}f}"
+
+
+def brief(values: Any, digits: int = 2, *, signed: bool = False) -> str:
+    """The mean over seeds as the README's table writes it: ``".82"``, ``"-.01"`` (``"+.11"`` with ``signed``);
+    ``"n/a"`` when nothing is finite."""
+    m, _ = mean_std(values)
+    if not np.isfinite(m):
+        return "n/a"
+    text = f"{m:+.{digits}f}" if signed else f"{m:.{digits}f}"
+    return text.replace("0.", ".", 1) if abs(m) < 1 else text
 
 
 def load_analysis(path: str | Path | None) -> types.ModuleType | None:
@@ -132,7 +149,8 @@ def _pm(pair: tuple[float, float] | None) -> str:
     return f"{pair[0]:.3f} ± {pair[1]:.3f}"
 
 
-def _markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A Markdown table (``|`` inside a cell escaped)."""
     out = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
     return "\n".join(out)
@@ -151,7 +169,7 @@ def _final_table(results: StudyResults, rows: list[dict[str, Any]]) -> str:
         body.append([r["variant"], *(f"{r[a]:.3g}" if a in r else "" for a in axes),
                      *(_pm(r.get(m)) for m in metrics), _pm(r.get("best_val_acc")), *(_pm(r.get(m)) for m in extra),
                      f"{r['diverged']}/{r['seeds']}"])
-    return _markdown_table(headers, body)
+    return markdown_table(headers, body)
 
 
 def _setup_table(results: StudyResults) -> str:
@@ -169,7 +187,7 @@ def _setup_table(results: StudyResults) -> str:
     always = {"data.name", "data.num_train", "train.epochs", "train.batch_size", "model.hidden", "model.norm",
               "members"}
     shown = [k for k in keys if k in always or len({json.dumps(f.get(k)) for f in flat.values()}) > 1]
-    return _markdown_table(["variant", *shown],
+    return markdown_table(["variant", *shown],
                            [[name, *(json.dumps(f.get(k)) for k in shown)] for name, f in flat.items()])
 
 
@@ -352,25 +370,14 @@ def _run_claims(module: types.ModuleType | None, results: StudyResults) -> list[
     return claims
 
 
-def _dataset(results: StudyResults) -> str | None:
-    try:
-        return dataset_of(results)
-    except ValueError:
-        return None
-
-
-def _verdict_counts(claims: Sequence[Claim]) -> dict[str, int]:
-    return {w: sum(c.verdict == w for c in claims) for w in VERDICTS}
-
-
 def _verdict_md(claims: Sequence[Claim], dataset: str | None) -> list[str]:
-    counts = _verdict_counts(claims)
+    counts = verdict_counts(claims)
     tally = ", ".join(f"{n} {w}" for w, n in counts.items() if n)
     on = f" on {DATASET_TITLES.get(dataset, dataset)}" if dataset else ""
     md = [(f"**{counts['PASS']} of {len(claims)} claims pass{on}** ({tally}). Each verdict is computed from the "
            "numbers below, seed by seed, against the expectations of the dataset in use "
            "(`experiments/REFERENCES.md` gives the sources and the per-dataset numbers)."), ""]
-    md.append(_markdown_table(["#", "claim", "verdict", "numbers"],
+    md.append(markdown_table(["#", "claim", "verdict", "numbers"],
                               [[str(i + 1), c.text, f"**{c.verdict}**" + c.label[len(c.verdict):], c.evidence]
                                for i, c in enumerate(claims)]))
     notes = [f"- claim {i + 1}, {c.label}: {c.note}" for i, c in enumerate(claims) if c.note]
@@ -381,6 +388,27 @@ def _verdict_md(claims: Sequence[Claim], dataset: str | None) -> list[str]:
            "is mean ± std over seeds):", ""]
     md += [f"- **{w}**: {LEGEND[w]}." for w in VERDICTS]
     return md
+
+
+def _facts(summary: dict[str, Any]) -> list[str]:
+    """The lines above the verdict: command, seeds, wall-clock with the load average, device, software, start."""
+    facts = []
+    if summary["command"]:
+        facts.append(f"command: `{summary['command']}`")
+    if summary["seeds"]:
+        facts.append(f"seeds: {summary['num_seeds']} ({', '.join(map(str, summary['seeds']))})")
+    if summary["wall_time_s"] is not None:
+        load = summary["load_average"]
+        start, end = (", ".join(map(str, load[k])) if load[k] else "?" for k in ("start", "end"))
+        facts.append(f"wall-clock: {summary['wall_time_s']:.1f} s (from setting up the run directory to the report), "
+                     f"load average (1, 5, 15 min): {start} at the start, {end} at the end")
+    if summary["device"]:
+        facts.append(f"device: {summary['device']}")
+    if summary["software"]:
+        facts.append(f"software: {software_line(summary['software'])}")
+    if summary["started"]:
+        facts.append(f"started: {summary['started']}")
+    return facts
 
 
 def write_report(results: StudyResults, module: types.ModuleType | None = None) -> dict[str, Any]:
@@ -398,44 +426,19 @@ def write_report(results: StudyResults, module: types.ModuleType | None = None) 
         figures += list(module.plots(results, out))
     notes = list(module.notes(results)) if module is not None and callable(getattr(module, "notes", None)) else []
     rows = summary_rows(results)
-    meta = results.meta
     cfg = results.config
-    dataset = _dataset(results)
-
-    summary = {
-        "study": cfg.study.name,
-        "description": cfg.study.description,
-        "dataset": dataset,
-        "claims": [{"text": c.text, "verdict": c.verdict, "label": c.label, "passed": c.passed,
-                    "evidence": c.evidence, "note": c.note} for c in claims],
-        "passed": _verdict_counts(claims)["PASS"],
-        "total": len(claims),
-        "verdicts": _verdict_counts(claims),
-        "final": rows,
-        "variants": {v.name: {"members": v.num_members, "epochs": v.epochs, "wall_time_s": v.wall_time,
-                              "diverged": int((v.diverged_step >= 0).sum()), "extras": v.extras} for v in results},
-        "wall_time_s": meta.get("wall_time_s"),
-        "figures": [f.path for f in figures],
-    }
-    (out / "summary.json").write_text(json.dumps(jsonable(summary), indent=1))
+    summary = build_summary(results, claims, rows, [f.path for f in figures], module)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
 
     md = [f"# {cfg.study.name}", ""]
     if cfg.study.description:
         md += [cfg.study.description, ""]
-    facts = []
-    if meta.get("command"):
-        facts.append(f"command: `{meta['command']}`")
-    if meta.get("wall_time_s") is not None:
-        facts.append(f"wall-clock: {meta['wall_time_s']:.1f} s")
-    if meta.get("device"):
-        facts.append(f"device: {meta['device']}")
-    if meta.get("started"):
-        facts.append(f"started: {meta['started']}")
+    facts = _facts(summary)
     if facts:
         md += ["- " + f for f in facts] + [""]
     md += ["## Verdict", ""]
     if claims:
-        md += _verdict_md(claims, dataset)
+        md += _verdict_md(claims, summary["dataset"])
     else:
         md.append("No analysis module: no claims were checked.")
     md += ["", "## Final numbers", "",
@@ -450,6 +453,6 @@ def write_report(results: StudyResults, module: types.ModuleType | None = None) 
     md += ["## Setup", "", _setup_table(results), ""]
     times = [[v.name, str(v.num_members), f"{v.wall_time:.1f}"] for v in results]
     md += ["Wall-clock per variant (one compiled, vmapped program each; compilation included):", "",
-           _markdown_table(["variant", "members", "seconds"], times), ""]
+           markdown_table(["variant", "members", "seconds"], times), ""]
     (out / "report.md").write_text("\n".join(md))
     return summary

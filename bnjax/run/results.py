@@ -4,7 +4,10 @@ Layout of a run directory (written by :mod:`bnjax.run.runner`)::
 
     config.json              the resolved config (the TOML after ``--set``), reloadable
     config.source.toml       the config file as given
-    run.json                 command, start time, wall-clock, software, device and status ("running",
+    run.json                 command, start time, wall-clock (from setting up this directory, after the data are
+                             loaded, to the report; a resumed run adds its sessions), load averages (1/5/15 min)
+                             at that start and end, software versions, whether the compile cache was on,
+                             device and status ("running",
                              "interrupted", "complete"; see :mod:`bnjax.run._rundir`)
     metrics.jsonl            one line per epoch per member per variant, appended as training goes
     .bnjax.lock              flock held by the run writing the directory

@@ -267,6 +267,7 @@ def run_study(
             (out / "checkpoints").rmdir()  # only when every variant finished and removed its checkpoint
         except OSError:
             pass
+        run.record_time()  # wall-clock and load average into run.json, for the summary
         summary = write_report(load_results(out), module)
     return out, summary
 
