@@ -29,8 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: this checkout's bnjax, as the reruns (`python -m bnjax` in ROOT)
     sys.path.insert(0, str(ROOT))
 
-from bnjax.run._errors import RunError  # noqa: E402
-from bnjax.run._rundir import inspect_run_dir  # noqa: E402
+from bnjax.run import RunError, inspect_run_dir  # noqa: E402
 from bnjax.run.stored import SUMMARY_FILE, Stored, compare_summaries, load_stored, store_summary  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"

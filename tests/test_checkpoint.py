@@ -243,3 +243,28 @@ def test_resume_from_the_fallback_checkpoint_is_bit_identical(tmp_path, caplog):
     assert seen == [0, 1, 2, 3]  # epochs 0-2 from epoch 2's checkpoint, epoch 3 trained again from its state
     assert "checkpoint.msgpack: corrupt" in caplog.text and "(epoch 2)" in caplog.text
     _assert_same_run(resumed, uninterrupted)
+
+
+@pytest.mark.parametrize("every, large, expect", [
+    (0, False, [1, 2, 3, 4, 5]),  # every epoch
+    (1e6, False, [5]),  # never due before the last epoch, which is always saved
+    ("auto", False, [1, 2, 3, 4, 5]),  # a small state: every epoch
+    ("auto", True, [1, 5]),  # a large one: once nine times the last save (0.2 s here) has passed, and the last
+])
+def test_when_checkpoints_are_saved(every, large, expect, tmp_path, monkeypatch):
+    from bnjax.train import _checkpoint, _ensemble
+
+    saved, real = [], _checkpoint.save_checkpoint
+
+    def save(directory, fingerprint, payload):
+        saved.append(int(payload["epoch"]))
+        time.sleep(0.2 if large else 0.0)
+        return real(directory, fingerprint, payload)
+
+    monkeypatch.setattr(_checkpoint, "save_checkpoint", save)
+    if large:
+        monkeypatch.setattr(_ensemble, "AUTO_EVERY_EPOCH_BYTES", 0)
+    train_ensemble(TOY_SPEC, CFG, toy_data(), MEMBERS, checkpoint_dir=tmp_path, checkpoint_every=every)
+    assert saved == expect
+    with pytest.raises(ValueError, match=r"checkpoint_every=-1 must be 'auto' or a number of seconds >= 0"):
+        train_ensemble(TOY_SPEC, CFG, toy_data(), MEMBERS, checkpoint_dir=tmp_path, checkpoint_every=-1)

@@ -127,7 +127,7 @@ def test_an_option_no_layer_reads_is_an_error_naming_it_and_the_options_read(key
     model = _model()
     params, stats = model.init(key)
     x = jnp.ones((4, 3))
-    reads = r"\['axis_name', 'bn_average', 'bn_momentum', 'bn_unbiased', 'dropout'\]"
+    reads = r"\['axis_name', 'bn_average', 'bn_momentum', 'bn_unbiased', 'dropout', 'row_index'\]"
     with pytest.raises(ValueError, match=r"serial: no layer of the model reads the apply option 'bn_momentom'; its "
                                          r"apply reads " + reads) as info:
         model.apply(params, stats, x, True, key=key, bn_momentom=0.5)  # silently ignored before

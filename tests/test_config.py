@@ -91,7 +91,7 @@ def test_sweep_members_are_the_cartesian_product_with_seed_fastest():
         ("model.bn_unbiased=1", r"model\.bn_unbiased = 1 has the wrong type: expected a boolean"),
         ("model.dropout=1.0", r"model\.dropout = 1\.0 is the drop probability and must be in \[0, 1\)"),
         ("sweep.dropout=[0.5, 1.5]", (r"sweep\.dropout = \[0\.5, 1\.5\] holds 1\.5, which is out of range: each "
-                                      r"value must be in \[0, 1\)")),
+                                      r"value is the drop probability and must be in \[0, 1\)")),
         ("sweep.weight_scale=[0.0]", r"sweep\.weight_scale = \[0\.0\] holds 0\.0, which is out of range: each value must be > 0"),
         ("sweep.seeds=[]", r"sweep\.seeds = \[\] must list at least one seed"),
         ("sweep.seeds=[1, 1]", r"sweep\.seeds = \[1, 1\] repeats a value; list each value once"),
@@ -239,11 +239,19 @@ def test_every_norm_and_its_keys_parse(model, check):
 
 
 def test_ghost_batch_must_divide_the_training_batch():
+    """The rule lives once, in the ghost layer; the run checks it (on shapes) before anything is written."""
+    from bnjax.run._rundir import load_and_check
+    from bnjax.run.runner import _check_variant
+
     raw = {**BASE, "model": {"norm": "ghost", "virtual_batch_size": 5}}
-    assert parse_config(raw).variants[0].model.virtual_batch_size == 5  # batch 25
-    with pytest.raises(ConfigError, match=r"variants\[0\] \(none\): model\.virtual_batch_size = 5 does not divide "
-                                          r"train\.batch_size = 12 .*; use one of \[2, 3, 4, 6, 12\]"):
-        parse_config(apply_overrides(raw, ["variants.none.train.batch_size=12"]))
+    cfg = parse_config(raw)
+    assert cfg.variants[0].model.virtual_batch_size == 5  # batch 25
+    load_and_check(cfg.variants[:1], lambda v, d: _check_variant(cfg.parallel, v, d))
+    bad = parse_config(apply_overrides(raw, ["variants.none.train.batch_size=12"]))
+    with pytest.raises(ConfigError, match=r"variant 'none': train\.batch_size = 12 gives training batches of 12 rows, "
+                                          r"which the model refuses: ghost_batch_norm: virtual_batch_size=5 must be a "
+                                          r"positive int dividing the batch size N=12"):
+        load_and_check(bad.variants[:1], lambda v, d: _check_variant(bad.parallel, v, d))
     with pytest.raises(ConfigError, match=r"model\.virtual_batch_size = None is unset: norm='ghost' needs"):
         parse_config({**BASE, "model": {"norm": "ghost"}})
 

@@ -71,7 +71,7 @@ def test_diverging_member_is_frozen_and_isolated(shared):
 @pytest.mark.parametrize("members, match", [
     ({"seeds": [0]}, r"members has unknown keys \['seeds'\]; valid keys are"),
     ({"seed": [0, 1], "dropout": [0.1]}, r"one common length, got lengths \{'seed': 2, 'dropout': 1\}"),
-    ({"dropout": [1.0]}, r"members\['dropout'\]\[0\]=1.0 must be in \[0, 1\)"),
+    ({"dropout": [1.0]}, r"members\['dropout'\]\[0\]=1.0 is the drop probability and must be in \[0, 1\)"),
     ({"learning_rate": [0.1, -1.0]}, r"members\['learning_rate'\]\[1\]=-1.0 must be > 0"),
     ({"seed": [1.5]}, r"members\['seed'\]\[0\]=1.5 must be an int >= 0"),
     ({"bn_momentum": [float("nan")]}, r"must be a finite number"),
@@ -93,7 +93,7 @@ def test_missing_member_keys_take_defaults():
 
 @pytest.mark.parametrize("field, value, match", [
     ("seed", -1, r"Member: seed=-1 must be an int >= 0"),
-    ("dropout", 1.0, r"Member: dropout=1.0 must be in \[0, 1\)"),
+    ("dropout", 1.0, r"Member: dropout=1.0 is the drop probability and must be in \[0, 1\)"),
     ("bn_momentum", 2.0, r"Member: bn_momentum=2.0 must be in \[0, 1\]"),
     ("weight_scale", 0.0, r"Member: weight_scale=0.0 must be > 0"),
     ("learning_rate", float("inf"), r"Member: learning_rate=inf must be a finite number"),

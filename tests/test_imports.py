@@ -20,7 +20,7 @@ PACKAGE = REPO / "bnjax"
 ALLOWED = {
     "base": {"base"},
     "nn": {"base", "nn"},
-    "data": {"data"},
+    "data": {"base", "data"},
     "train": {"base", "nn", "train"},
     "interop": {"base", "nn", "interop"},
     "run": {"base", "nn", "data", "train", "run"},
@@ -34,7 +34,7 @@ def _layer(module: str) -> str | None:
         return None
     if parts[1] in ("nn", "data", "train", "run", "interop"):
         return parts[1]
-    return {"_typing": "base", "_faults": "base", "flax": "interop", "__main__": "run"}[parts[1]]
+    return {"_typing": "base", "_faults": "base", "_io": "base", "flax": "interop", "__main__": "run"}[parts[1]]
 
 
 def _module_name(path: Path) -> str:

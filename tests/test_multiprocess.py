@@ -22,7 +22,7 @@ import pytest
 CONFIG = """
 [study]
 name = "tiny_parallel"
-description = "one small BN MLP, three seeds"
+description = "one small BN MLP with dropout, three seeds"
 
 [data]
 name = "mnist1d"
@@ -35,6 +35,7 @@ num_test = 100
 hidden = [16, 16]
 norm = "batch"
 init = "he"
+dropout = 0.3
 
 [train]
 batch_size = 20
@@ -156,7 +157,8 @@ def test_two_processes_two_devices_each_match_one_process(reference, tmp_path):
     # One writer: exactly one line per (variant, member, epoch).
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == len(ref)
-    assert _max_diff(_metrics(out), ref) <= 1e-4
+    # Dropout on (rate 0.3): each example's mask follows its row in the global batch, whatever the layout.
+    assert _max_diff(_metrics(out), ref) <= 1e-6
 
 
 @pytest.mark.parametrize("args, words", [

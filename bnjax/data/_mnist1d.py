@@ -6,12 +6,12 @@ import functools
 import importlib.metadata
 import os
 import random
-import tempfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from bnjax._io import atomic_write
 from bnjax.data._raw import RawDataset
 
 LENGTH = 40
@@ -65,17 +65,8 @@ def _read_cache(path: Path, num_samples: int) -> dict[str, np.ndarray] | None:
 
 def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
     # The cache is an optimization: a read-only or full disk must not stop the run, so OSError is swallowed.
-    # Write to a temporary file in the same directory, then rename: a reader never sees half a file.
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write(path, lambda f: np.savez(f, **arrays))
     except OSError:
         pass
 

@@ -64,6 +64,22 @@ def check_choice(fn: str, name: str, value: Any, choices: Iterable[str]) -> None
         raise ValueError(f"{fn}: {name}={value!r} is not a valid option; use one of {choices}.")
 
 
+MOMENTUM_RANGE = "must be in [0, 1] (new = momentum * old + (1 - momentum) * batch)."
+DROP_RATE_RANGE = "is the drop probability and must be in [0, 1) (keep = 1 - rate)."
+
+
+def momentum_ok(v: float) -> bool:
+    """The one rule of a running-average momentum, wherever it enters (``batch_norm``, ``MLPSpec.bn_momentum``, a
+    member's ``bn_momentum``): ``0 <= v <= 1``."""
+    return 0.0 <= v <= 1.0
+
+
+def drop_rate_ok(v: float) -> bool:
+    """The one rule of a training drop rate (``MLPSpec.dropout``, a member's ``dropout``): ``0 <= v < 1`` (the
+    pure :func:`bnjax.dropout` also takes 1, all dropped)."""
+    return 0.0 <= v < 1.0
+
+
 def check_in_range(fn: str, name: str, value: Any, lo: float, hi: float) -> None:
     """Checks ``lo <= value <= hi`` when ``value`` is concrete; traced values pass through."""
     v = concrete_float(value)

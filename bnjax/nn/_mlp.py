@@ -29,11 +29,15 @@ import jax.numpy as jnp
 from bnjax._typing import Array, FieldError, Layer, Params, PRNGKey, State
 from bnjax.nn._batch_norm import AVERAGES
 from bnjax.nn._checks import (
+    DROP_RATE_RANGE,
+    MOMENTUM_RANGE,
     PRECISION_EXPECTED,
     PRECISIONS,
+    drop_rate_ok,
     is_finite as _is_finite,
     is_int as _is_int,
     is_number as _is_number,
+    momentum_ok,
 )
 from bnjax.nn._combinators import (
     Activation,
@@ -183,10 +187,10 @@ def _validate(s: MLPSpec) -> tuple[str, Any, str] | None:
             return name, v, "must be a positive int (or None: from the data)."
     if not isinstance(s.hidden, tuple) or not all(_is_int(h) and h >= 1 for h in s.hidden):
         return "hidden", s.hidden, "must be a tuple of positive ints, e.g. (100, 100)."
-    if not _is_number(s.dropout) or not 0.0 <= s.dropout < 1.0:
-        return "dropout", s.dropout, "is the drop probability and must be in [0, 1)."
-    if not _is_number(s.bn_momentum) or not 0.0 <= s.bn_momentum <= 1.0:
-        return "bn_momentum", s.bn_momentum, "must be in [0, 1] (new = momentum * old + (1 - momentum) * batch)."
+    if not _is_number(s.dropout) or not drop_rate_ok(s.dropout):
+        return "dropout", s.dropout, DROP_RATE_RANGE
+    if not _is_number(s.bn_momentum) or not momentum_ok(s.bn_momentum):
+        return "bn_momentum", s.bn_momentum, MOMENTUM_RANGE
     for name in ("weight_scale", "bn_eps", "ln_eps"):
         v = getattr(s, name)
         if not _is_finite(v) or not v > 0:

@@ -1,5 +1,7 @@
 """Configs, runner, reports and the command line (``bnjax ...``)."""
 
+from bnjax.run._errors import RunError as RunError
+from bnjax.run._rundir import inspect_run_dir as inspect_run_dir
 from bnjax.run.config import ConfigError as ConfigError
 from bnjax.run.config import StudyConfig as StudyConfig
 from bnjax.run.config import load_config as load_config
@@ -18,10 +20,12 @@ __all__ = [
     "Claim",
     "ConfigError",
     "Figure",
+    "RunError",
     "StudyConfig",
     "StudyResults",
     "TrainedVariant",
     "VariantResult",
+    "inspect_run_dir",
     "load_config",
     "load_results",
     "parse_config",

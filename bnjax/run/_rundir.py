@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bnjax._faults import kill_point
+from bnjax._io import atomic_write
 from bnjax._typing import FieldError
 from bnjax.run._errors import RunError, RunInterrupted, Terminated
 from bnjax.run._schema import config_error
@@ -152,6 +153,10 @@ def checkpoint_files(out: Path) -> list[Path]:
     return sorted(d.glob("*/checkpoint*.msgpack")) if d.is_dir() else []
 
 
+def _is_temporary(name: str) -> bool:
+    return name.startswith(".") and name.endswith(".tmp")
+
+
 def inspect_run_dir(out: Path) -> RunDirState:
     """Classifies ``out`` (read-only). Raises RunError when ``out`` exists but is not a directory."""
     out = Path(out)
@@ -159,7 +164,8 @@ def inspect_run_dir(out: Path) -> RunDirState:
         return RunDirState("absent")
     if not out.is_dir():
         raise RunError(f"--out {out} exists and is not a directory; choose another --out.")
-    entries = [p.name for p in out.iterdir() if p.name != LOCK_FILE]
+    # The lock and the temporary files of a write cut short by a kill are not part of a run.
+    entries = [p.name for p in out.iterdir() if p.name != LOCK_FILE and not _is_temporary(p.name)]
     if not entries:
         return RunDirState("empty")
     if not (out / CONFIG_FILE).is_file():
@@ -342,17 +348,8 @@ def plan_run(out: Path, config: StudyConfig, *, resume: bool) -> RunPlan:
 # ------------------------------------------------------------------------------------------------- writing
 
 def write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` atomically (temporary file, then rename); an OSError names ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
+    """Writes ``text`` to ``path`` atomically (:func:`bnjax._io.atomic_write`); an OSError names ``path``."""
+    atomic_write(path, text)
 
 
 class MetricsLog:
@@ -415,6 +412,9 @@ def _remove_written(out: Path) -> None:
             p.unlink(missing_ok=True)
     for p in out.glob("*.png"):
         p.unlink(missing_ok=True)
+    for p in out.iterdir():
+        if _is_temporary(p.name):
+            p.unlink(missing_ok=True)
 
 
 class RunDir:
@@ -470,6 +470,8 @@ class RunDir:
         if plan.replace:
             self.say(f"{out} holds a run that stopped before its first epoch ({state.detail}); replacing it.")
             _remove_written(out)
+        for stale in out.rglob(".*.tmp"):  # temporary files of writes a kill cut short
+            stale.unlink(missing_ok=True)
         write_text(out / CONFIG_FILE, config_text(self.config))
         src = Path(self.source) if self.source is not None else None
         if src is not None and src.is_file() and src.resolve() != (out / "config.source.toml").resolve():

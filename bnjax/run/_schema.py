@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import sys
 import types
 import typing
+from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 from bnjax._typing import FieldError
@@ -140,3 +143,16 @@ def build(cls: type, section: str, raw: dict[str, Any], *, exclude: typing.Itera
         return cls(**values, **fixed)
     except FieldError as e:
         raise config_error(e, section) from None
+
+
+def import_file(path: Path, prefix: str) -> types.ModuleType:
+    """Imports the Python file ``path`` as module ``prefix + stem`` (registered in ``sys.modules``, which
+    dataclasses defined in it need), never as part of the ``bnjax`` package: a study's analysis module or a
+    config's model factory."""
+    name = f"{prefix}{path.stem}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -56,7 +56,7 @@ def _resume_command(args: argparse.Namespace) -> str:
     for group in args.set:
         parts += ["--set", *group]
     parts += ["--out", str(args.out_dir), "--resume"] + (["--quiet"] if args.quiet else [])
-    if args.checkpoint_every:
+    if args.checkpoint_every != "auto":
         parts += ["--checkpoint-every", f"{args.checkpoint_every:g}"]
     if args.store:
         parts += ["--store", args.store]
@@ -174,16 +174,18 @@ def _setup_processes(args: argparse.Namespace, argv: list[str] | None) -> int | 
                           debug=args.debug, heartbeat_s=dist.heartbeat_s)
 
 
-def _seconds(text: str) -> float:
-    """A finite number of seconds >= 0 (argparse type)."""
+def _checkpoint_every(text: str) -> float | str:
+    """``auto`` or a finite number of seconds >= 0 (argparse type of ``--checkpoint-every``)."""
     import math
 
+    if text == "auto":
+        return text
     try:
         value = float(text)
     except ValueError:
         value = math.nan
     if not math.isfinite(value) or value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds >= 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is not 'auto' or a number of seconds >= 0")
     return value
 
 
@@ -215,12 +217,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="continue the run in --out: finished variants are kept, the interrupted one resumes from "
                         "its last intact epoch checkpoint")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--checkpoint-every", type=_seconds, default=0.0, metavar="SECONDS",
-                   help="save the training variant's checkpoint at the first epoch boundary after this many seconds "
-                        "(and at its last epoch); 0 (default): every epoch. A killed run resumes from it")
     p.add_argument("--store", default=None, metavar="DIR",
                    help="also keep the run's summary.json as DIR/<study>/<dataset>/summary.json (the project keeps "
                         "its results in experiments/results/)")
+    p.add_argument("--checkpoint-every", type=_checkpoint_every, default="auto", metavar="SECONDS",
+                   help="when the training variant's checkpoint is saved: 'auto' (default: every epoch while the "
+                        "members' state is under 64 MiB; a larger one once nine times what the last save took has "
+                        "passed, so saving costs at most a tenth of the run) or every SECONDS (0: every epoch); "
+                        "always at a variant's last epoch. A killed run resumes from the last one")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not use JAX's persistent compilation cache (default: on, in $XDG_CACHE_HOME/bnjax/"
                         "jax-compile or ~/.cache/bnjax/jax-compile; BNJAX_COMPILE_CACHE=0 also turns it off)")

@@ -27,12 +27,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import importlib.util
 import inspect
 import itertools
 import json
 import math
-import sys
 import tomllib
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -43,7 +41,7 @@ from typing import Any
 from bnjax._typing import FieldError, Layer
 from bnjax.data import DATASET_NAMES, Dataset, load_dataset, prepare
 from bnjax.nn import MLPSpec
-from bnjax.run._schema import ConfigError, build, check_keys, coerce
+from bnjax.run._schema import ConfigError, build, check_keys, coerce, import_file
 from bnjax.train import Member, Parallel, TrainConfig
 
 __all__ = [
@@ -129,12 +127,8 @@ class FactoryModel:
         if not self.path.is_file():
             raise ConfigError(f"{key}: no file {self.path} (a relative path is taken from the project root, the "
                               f"parent of the config's directory).")
-        name = f"bnjax_model_{self.path.stem}"
-        spec = importlib.util.spec_from_file_location(name, self.path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module  # dataclasses defined in the module need it registered
-        spec.loader.exec_module(module)
+        module = import_file(self.path, "bnjax_model_")
+        name = module.__name__
         fn = getattr(module, self.function, None)
         if not callable(fn):
             found = sorted(k for k, v in vars(module).items()
@@ -392,18 +386,9 @@ def _build_variant(
         model = _build_model("model", tables["model"], root)
         train = build(TrainConfig, "train", tables["train"])
         sweep = build(SweepConfig, "sweep", tables["sweep"])
-        _check_across_tables(model, train)
     except ConfigError as e:
         raise ConfigError(f"{where}{e}") from None
     return Variant(name=name, description=description, data=data, model=model, train=train, sweep=sweep)
-
-
-def _check_across_tables(model: MLPSpec | FactoryModel, train: TrainConfig) -> None:
-    if isinstance(model, MLPSpec) and model.norm == "ghost" and train.batch_size % model.virtual_batch_size:
-        v, b = model.virtual_batch_size, train.batch_size
-        divisors = [d for d in range(2, b + 1) if b % d == 0]
-        raise ConfigError(f"model.virtual_batch_size = {v} does not divide train.batch_size = {b} (ghost batches "
-                          f"are consecutive chunks of the batch); use one of {divisors}.")
 
 
 def parse_config(raw: Mapping[str, Any], *, root: str | Path = ".", source: str = "config") -> StudyConfig:

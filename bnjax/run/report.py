@@ -19,9 +19,7 @@ module only lays it out, with a legend of the verdict words and a one-line note 
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bnjax.run._schema import import_file
 from bnjax.run.claims import DATASET_TITLES, LEGEND, VERDICTS, Claim
 from bnjax.run.results import StudyResults, VariantResult
 from bnjax.run.summary import build_summary, software_line, verdict_counts
@@ -111,12 +110,7 @@ def load_analysis(path: str | Path | None) -> types.ModuleType | None:
     if not path.is_file():
         raise FileNotFoundError(f"analysis module {path} not found; set study.analysis to the path of the study's "
                                 f"module relative to the project root, e.g. \"experiments/bn_vs_baseline.py\".")
-    name = f"bnjax_study_{path.stem}"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses defined in the module need it registered
-    spec.loader.exec_module(module)
+    module = import_file(path, "bnjax_study_")
     if not callable(getattr(module, "analyze", None)):
         raise TypeError(f"analysis module {path} defines no analyze(results) -> list[Claim] function.")
     return module

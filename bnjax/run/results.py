@@ -22,7 +22,6 @@ Layout of a run directory (written by :mod:`bnjax.run.runner`)::
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from bnjax._faults import kill_point
+from bnjax._io import atomic_write
 from bnjax.run._errors import RunError
 from bnjax.train import EnsembleResult
 
@@ -68,33 +67,17 @@ def variant_dir(run_dir: Path, name: str) -> Path:
     return Path(run_dir) / "variants" / name
 
 
-def _write(path: Path, write: Any) -> None:
-    # Write to a temporary name, then rename: a crash or a full disk never leaves a torn file under the real
-    # name; an OSError names the file.
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
-
-
 def save_variant(run_dir: Path, v: VariantResult) -> None:
     """Writes ``v`` under ``variants/<name>/`` (history.npz last, so its presence marks a finished variant)."""
     d = variant_dir(run_dir, v.name)
     d.mkdir(parents=True, exist_ok=True)
     members = json.dumps({"members": v.members, "axes": list(v.axes), "wall_time": v.wall_time,
                           "epoch_times": np.asarray(v.epoch_times, float).tolist()}, indent=1)
-    _write(d / "members.json", lambda p: p.write_text(members))
-    kill_point("variant: members.json written")
-    extras = json.dumps(jsonable(v.extras), indent=1)
-    _write(d / "extras.json", lambda p: p.write_text(extras))
-    kill_point("variant: extras.json written")
+    atomic_write(d / "members.json", members)
+    atomic_write(d / "extras.json", json.dumps(jsonable(v.extras), indent=1))
     arrays = {f"history/{k}": np.asarray(a) for k, a in v.history.items()}
-    _write(d / "history.npz", lambda p: np.savez_compressed(
-        p, loss_history=np.asarray(v.loss_history), diverged_step=np.asarray(v.diverged_step), **arrays))
-    kill_point("variant: history.npz written")
+    atomic_write(d / "history.npz", lambda f: np.savez_compressed(
+        f, loss_history=np.asarray(v.loss_history), diverged_step=np.asarray(v.diverged_step), **arrays))
 
 
 def is_finished(run_dir: Path, name: str) -> bool:

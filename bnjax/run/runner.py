@@ -133,7 +133,7 @@ def _train_variant(
     resume: bool,
     progress: bool,
     parallel: Parallel | None = None,
-    checkpoint_every: float = 0.0,
+    checkpoint_every: float | str = "auto",
     say: Callable[[str], None] | None = None,
 ) -> VariantResult | None:
     """Trains one variant and saves it; in a multi-process run every process trains, only process 0 (the one
@@ -194,7 +194,7 @@ def run_study(
     command: str | None = None,
     source: str | Path | None = None,
     log: Callable[[str], None] | None = None,
-    checkpoint_every: float = 0.0,
+    checkpoint_every: float | str = "auto",
 ) -> tuple[Path, dict[str, Any] | None]:
     """Trains every variant of ``config``, then writes plots, ``summary.json`` and ``report.md``.
 
@@ -207,8 +207,8 @@ def run_study(
       command: the command line, recorded in the report.
       source: the config file, copied into the run directory.
       log: where status lines go (default: stderr).
-      checkpoint_every: seconds between a variant's checkpoints (0: every epoch; see
-        :func:`bnjax.train.train_ensemble`).
+      checkpoint_every: when a variant's checkpoint is due: ``"auto"`` (saving costs at most a tenth of the
+        run) or seconds (0: every epoch); see :func:`bnjax.train.train_ensemble`.
 
     Returns:
       ``(out_dir, summary)``; ``summary`` is what ``summary.json`` holds (claims with verdicts, final numbers),

@@ -25,14 +25,13 @@ import json
 import logging
 import os
 import struct
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flax import serialization
 
-from bnjax._faults import kill_point
+from bnjax._io import atomic_write, remove_stale_temporaries
 
 CHECKPOINT_NAME = "checkpoint.msgpack"
 PREVIOUS_NAME = "checkpoint.prev.msgpack"
@@ -152,38 +151,13 @@ def save_checkpoint(directory: str | os.PathLike[str], fingerprint: dict[str, An
         names the file, and the checkpoints written before are untouched.
     """
     directory = Path(directory)
-    target = checkpoint_path(directory)
-    blob = _encode(fingerprint, payload)
-    tmp = None
+    remove_stale_temporaries(directory, CHECKPOINT_NAME)  # left by a process killed mid-write
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        for stale in directory.glob(f".{CHECKPOINT_NAME}.*.tmp"):  # left by a process killed mid-write
-            stale.unlink(missing_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{CHECKPOINT_NAME}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
-        kill_point("checkpoint: temporary file written")
-        if target.exists():
-            os.replace(target, previous_checkpoint_path(directory))
-            kill_point("checkpoint: newest kept as the previous")
-        os.replace(tmp, target)
-        tmp = None
-        kill_point("checkpoint: renamed into place")
-        # Persist the renames themselves (the directory entries), so a power loss cannot bring old files back.
-        dir_fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        return atomic_write(checkpoint_path(directory), _encode(fingerprint, payload),
+                            keep_previous=previous_checkpoint_path(directory))
     except OSError as e:
         raise OSError(e.errno, f"could not write the checkpoint ({e.strerror or e}); the checkpoints written "
-                               f"before it are kept", str(target)) from e
-    finally:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-    return target
+                               f"before it are kept", e.filename) from e
 
 
 def verify_checkpoints(directory: str | os.PathLike[str]) -> tuple[Path | None, list[str]]:

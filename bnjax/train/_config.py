@@ -14,11 +14,15 @@ import optax
 
 from bnjax._typing import FieldError
 from bnjax.nn._checks import (
+    DROP_RATE_RANGE,
+    MOMENTUM_RANGE,
     PRECISION_EXPECTED,
     PRECISIONS,
+    drop_rate_ok,
     is_finite as _is_finite,
     is_int as _is_int,
     is_number as _is_number,
+    momentum_ok,
 )
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
@@ -158,9 +162,9 @@ def _member_problem(name: str, value: Any) -> str | None:
     if name in ("learning_rate", "weight_scale"):
         return None if value > 0 else "must be > 0."
     if name == "dropout":
-        return None if 0.0 <= value < 1.0 else "must be in [0, 1) (the drop probability; keep = 1 - dropout)."
+        return None if drop_rate_ok(value) else DROP_RATE_RANGE
     if name == "bn_momentum":
-        return None if 0.0 <= value <= 1.0 else "must be in [0, 1] (new = momentum * old + (1 - momentum) * batch)."
+        return None if momentum_ok(value) else MOMENTUM_RANGE
     raise KeyError(f"{name!r} is not a member setting; they are {MEMBER_FIELDS}.")
 
 

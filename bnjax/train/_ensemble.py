@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -377,18 +378,39 @@ def _broadcast_payload(payload: dict[str, Any] | None) -> dict[str, Any] | None:
     return serialization.msgpack_restore(data.tobytes())
 
 
-class _Checkpointer:
-    """Saves the progress at epoch boundaries, at most every ``every`` seconds and always at the last epoch
-    (process 0 writes; every process takes part in gathering the state)."""
+AUTO_EVERY_EPOCH_BYTES = 64 * 2**20
+"""With ``checkpoint_every="auto"``, states smaller than this are saved every epoch."""
 
-    def __init__(self, directory: str | None, fingerprint: Any, every: float, epochs: int) -> None:
+
+class _Checkpointer:
+    """Saves the progress at epoch boundaries when due (process 0 writes; every process takes part in gathering
+    the state): every ``every`` seconds; with ``"auto"`` every epoch while the state is under
+    :data:`AUTO_EVERY_EPOCH_BYTES`, and for a larger one once the time since the last save is at least nine times
+    what that save took, so saving costs at most a tenth of the run; and always at the last epoch, so a finished
+    call's checkpoint holds its final state."""
+
+    def __init__(self, directory: str | None, fingerprint: Any, every: float | str, epochs: int) -> None:
+        if every != "auto" and not (isinstance(every, (int, float)) and math.isfinite(every) and every >= 0):
+            raise ValueError(f"train_ensemble: checkpoint_every={every!r} must be 'auto' or a number of seconds >= 0.")
         self.directory, self.fingerprint, self.every, self.epochs = directory, fingerprint, every, epochs
-        self.last = time.perf_counter()
+        self.last, self.cost, self.size = time.perf_counter(), 0.0, 0
 
     def __call__(self, progress: _Progress, placed: _Placed) -> None:
-        now = time.perf_counter()
-        if self.directory is None or (progress.epoch < self.epochs and now - self.last < self.every):
+        if self.directory is None:
             return
+        elapsed = time.perf_counter() - self.last
+        if self.every == "auto":  # small states every epoch; a large one once saving is a tenth of the time
+            due = self.size < AUTO_EVERY_EPOCH_BYTES or elapsed >= 9 * self.cost
+        else:
+            due = elapsed >= self.every
+        due = due or progress.epoch == self.epochs
+        if jax.process_count() > 1:  # process 0's clock decides for all: gathering the state is a collective
+            from jax.experimental import multihost_utils
+
+            due = bool(multihost_utils.broadcast_one_to_all(np.int32(due)))
+        if not due:
+            return
+        t0 = time.perf_counter()
         state = _gather_states(progress.states, placed)
         if jax.process_index() == 0:
             _checkpoint.save_checkpoint(self.directory, self.fingerprint, {
@@ -399,6 +421,8 @@ class _Checkpointer:
                 "epoch_times": np.asarray(progress.epoch_times, np.float64),
             })
         self.last = time.perf_counter()
+        self.cost = self.last - t0
+        self.size = sum(np.asarray(a).nbytes for a in jax.tree.leaves(state))
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -436,7 +460,7 @@ def train_ensemble(
     checkpoint_dir: str | None = None,
     resume: bool = False,
     parallel: Parallel | None = None,
-    checkpoint_every: float = 0.0,
+    checkpoint_every: float | str = "auto",
     log: Callable[[str], None] | None = None,
 ) -> EnsembleResult:
     """Trains ``K`` models at once and evaluates them before training and after every epoch.
@@ -478,8 +502,11 @@ def train_ensemble(
         with another. Over several processes (after ``jax.distributed.initialize()``) every process calls
         this with the same arguments and data, ``callback`` runs on every process, only process 0 writes the
         checkpoint and every process reads process 0's (broadcast).
-      checkpoint_every: seconds between checkpoints (at the first epoch boundary after that long; the last
-        epoch is always saved); 0 (default): every epoch.
+      checkpoint_every: when a checkpoint is due: ``"auto"`` (default) -- every epoch while the members' state
+        is under 64 MiB, and for a larger one at the first epoch boundary after nine times what the last save
+        took (saving costs at most a tenth of the run); a number -- at the first epoch boundary after that many
+        seconds (0: every epoch); and always at the last epoch. A resumed run trains the epochs after the last
+        checkpoint again.
       log: where the run says how many chunks of members it uses and why (when more than one, or when
         ``cfg.member_chunk`` is set); None: silent.
 
@@ -489,10 +516,11 @@ def train_ensemble(
     if resume and checkpoint_dir is None:
         raise ValueError("train_ensemble: resume=True needs checkpoint_dir, the directory holding the checkpoint.")
     run = _setup(model, cfg, data, members, parallel, shared_batches)
+    checkpoint = _Checkpointer(checkpoint_dir, None, checkpoint_every, cfg.epochs)
     placed = _place(run, log)
-    fingerprint = _fingerprint(run, data) if checkpoint_dir is not None else None
-    progress = _restore(run, placed, checkpoint_dir, fingerprint, resume)
-    _train(run, placed, progress, callback, _Checkpointer(checkpoint_dir, fingerprint, checkpoint_every, cfg.epochs))
+    checkpoint.fingerprint = _fingerprint(run, data) if checkpoint_dir is not None else None
+    progress = _restore(run, placed, checkpoint_dir, checkpoint.fingerprint, resume)
+    _train(run, placed, progress, callback, checkpoint)
     final = _gather_states(progress.states, placed)
     return EnsembleResult(
         members=[m.to_dict() for m in run.members],
