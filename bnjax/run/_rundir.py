@@ -33,9 +33,10 @@ from bnjax._faults import kill_point
 from bnjax._io import atomic_write
 from bnjax._typing import FieldError
 from bnjax.run._errors import RunError, RunInterrupted, Terminated
-from bnjax.run._schema import config_error
 from bnjax.run._machine import compile_cache_on, load_average, software
+from bnjax.run._schema import config_error
 from bnjax.run.config import ConfigError, DataConfig, StudyConfig, Variant, resolved_raw
+from bnjax.run.results import metrics_lines
 from bnjax.train._checkpoint import CheckpointError, verify_checkpoints
 from bnjax.train._config import PLACEMENT_FIELDS
 
@@ -392,15 +393,8 @@ class MetricsLog:
 
 
 def _lines_of(path: Path, variants: set[str]) -> Iterator[str]:
-    """The complete lines of ``path`` that belong to ``variants``, as written (a line cut short is dropped)."""
-    with open(path) as f:
-        for line in f:
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if line.endswith("\n") and isinstance(row, dict) and row.get("variant") in variants:
-                yield line
+    """The complete lines of ``path`` that belong to ``variants``, as written."""
+    return (line for line, row in metrics_lines(path) if row.get("variant") in variants)
 
 
 def _remove_written(out: Path) -> None:

@@ -108,17 +108,22 @@ def load_variant(run_dir: Path, name: str) -> VariantResult:
     )
 
 
-def read_metrics(path: Path) -> list[dict[str, Any]]:
-    """The lines of a ``metrics.jsonl``; a line repeated by a resumed run (same variant, member, epoch) keeps
-    its last value; a line cut short by a crash is skipped."""
-    rows: dict[tuple[str, int, int], dict[str, Any]] = {}
+def metrics_lines(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(line, row)`` for every complete line of a ``metrics.jsonl`` (a line cut short by a kill is skipped)."""
     with open(path) as f:
         for line in f:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
                 continue
-            rows[(row["variant"], row["member"], row["epoch"])] = row
+            if line.endswith("\n") and isinstance(row, dict):
+                yield line, row
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """The rows of a ``metrics.jsonl`` (one per variant, member and epoch; a line repeated by a run resumed
+    before bnjax wrote every line once keeps its last value)."""
+    rows = {(r["variant"], r["member"], r["epoch"]): r for _, r in metrics_lines(path)}
     return list(rows.values())
 
 

@@ -13,17 +13,7 @@ import numpy as np
 import optax
 
 from bnjax._typing import FieldError
-from bnjax.nn._checks import (
-    DROP_RATE_RANGE,
-    MOMENTUM_RANGE,
-    PRECISION_EXPECTED,
-    PRECISIONS,
-    drop_rate_ok,
-    is_finite as _is_finite,
-    is_int as _is_int,
-    is_number as _is_number,
-    momentum_ok,
-)
+from bnjax.nn import _checks
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 SCHEDULES = ("constant", "epoch_decay", "cosine")
@@ -105,22 +95,22 @@ def _validate(c: TrainConfig) -> tuple[str, Any, str] | None:
         return "optimizer", c.optimizer, f"is not a valid option; use one of {OPTIMIZERS}."
     if c.compute_dtype not in COMPUTE_DTYPES:
         return "compute_dtype", c.compute_dtype, f"is not a valid option; use one of {COMPUTE_DTYPES}."
-    if c.matmul_precision is not None and c.matmul_precision not in PRECISIONS:
-        return "matmul_precision", c.matmul_precision, PRECISION_EXPECTED
+    if c.matmul_precision is not None and c.matmul_precision not in _checks.PRECISIONS:
+        return "matmul_precision", c.matmul_precision, _checks.PRECISION_EXPECTED
     if c.schedule not in SCHEDULES:
         return "schedule", c.schedule, f"is not a valid option; use one of {SCHEDULES}."
     for name in ("learning_rate", "lr_decay"):
         v = getattr(c, name)
-        if not _is_finite(v) or not v > 0:
+        if not _checks.is_finite(v) or not v > 0:
             return name, v, "must be a positive finite number."
     if c.lr_decay != 1.0 and c.schedule != "epoch_decay":
         return "lr_decay", c.lr_decay, (f"only acts with schedule='epoch_decay' (got schedule={c.schedule!r}); "
                                         f"set both.")
-    if not _is_number(c.momentum) or not 0.0 <= c.momentum < 1.0:
+    if not _checks.is_number(c.momentum) or not 0.0 <= c.momentum < 1.0:
         return "momentum", c.momentum, "must be in [0, 1)."
     for name in ("weight_decay", "l2"):
         v = getattr(c, name)
-        if not _is_finite(v) or v < 0:
+        if not _checks.is_finite(v) or v < 0:
             return name, v, "must be a finite number >= 0."
     if c.weight_decay and c.optimizer != "adamw":
         return "weight_decay", c.weight_decay, (f"is the decoupled decay of optimizer='adamw' (got "
@@ -128,13 +118,13 @@ def _validate(c: TrainConfig) -> tuple[str, Any, str] | None:
                                                 f"optimizer='adamw'.")
     for name in ("batch_size", "epochs", "eval_train_samples", "eval_batch_size"):
         v = getattr(c, name)
-        if not _is_int(v) or v < 1:
+        if not _checks.is_int(v) or v < 1:
             return name, v, "must be a positive int."
-    if not _is_int(c.precise_bn_batches) or c.precise_bn_batches < 0:
+    if not _checks.is_int(c.precise_bn_batches) or c.precise_bn_batches < 0:
         return "precise_bn_batches", c.precise_bn_batches, "must be an int >= 0 (0 turns it off)."
-    if not _is_int(c.seed) or c.seed < 0:
+    if not _checks.is_int(c.seed) or c.seed < 0:
         return "seed", c.seed, "must be an int >= 0."
-    if c.member_chunk != "auto" and (not _is_int(c.member_chunk) or c.member_chunk < 1):
+    if c.member_chunk != "auto" and (not _checks.is_int(c.member_chunk) or c.member_chunk < 1):
         return "member_chunk", c.member_chunk, ("must be 'auto' or a positive int (members trained per call of the "
                                                 "compiled program).")
     return None
@@ -162,9 +152,9 @@ def _member_problem(name: str, value: Any) -> str | None:
     if name in ("learning_rate", "weight_scale"):
         return None if value > 0 else "must be > 0."
     if name == "dropout":
-        return None if drop_rate_ok(value) else DROP_RATE_RANGE
+        return None if _checks.drop_rate_ok(value) else _checks.DROP_RATE_RANGE
     if name == "bn_momentum":
-        return None if momentum_ok(value) else MOMENTUM_RANGE
+        return None if _checks.momentum_ok(value) else _checks.MOMENTUM_RANGE
     raise KeyError(f"{name!r} is not a member setting; they are {MEMBER_FIELDS}.")
 
 

@@ -57,16 +57,8 @@ def _checked(step: Step, mesh: Mesh, data_spec: P, batch_dim: int, axis: str) ->
     return run
 
 
-def make_data_parallel_step(
-    model: Layer | MLPSpec,
-    cfg: TrainConfig,
-    steps_per_epoch: int,
-    mesh: Mesh,
-    *,
-    axis: str = "data",
-    sync_bn: bool = True,
-    use_dropout: bool | None = None,
-) -> Step:
+def make_data_parallel_step(model: Layer | MLPSpec, cfg: TrainConfig, steps_per_epoch: int, mesh: Mesh, *,
+                            axis: str = "data", sync_bn: bool = True, use_dropout: bool | None = None) -> Step:
     """A jitted data-parallel training step ``step(state, (x, y)) -> (state, {"loss"})`` of one member.
 
     ``x (B, ...)`` and ``y (B,)`` are split into equal shards of ``B / n`` rows over the ``n`` devices of mesh
@@ -93,17 +85,9 @@ def make_data_parallel_step(
     return _checked(jax.jit(sharded), mesh, P(axis), 0, axis)
 
 
-def make_data_parallel_ensemble_step(
-    model: Layer | MLPSpec,
-    cfg: TrainConfig,
-    steps_per_epoch: int,
-    mesh: Mesh,
-    *,
-    axis: str = "data",
-    sync_bn: bool = True,
-    use_dropout: bool | None = None,
-    shared_batch: bool = False,
-) -> Step:
+def make_data_parallel_ensemble_step(model: Layer | MLPSpec, cfg: TrainConfig, steps_per_epoch: int, mesh: Mesh, *,
+                                     axis: str = "data", sync_bn: bool = True, use_dropout: bool | None = None,
+                                     shared_batch: bool = False) -> Step:
     """The data-parallel step of ``K`` stacked members (ensemble x data parallel).
 
     Every device holds all ``K`` members (the stacked :class:`TrainState`, leading member axis, replicated)

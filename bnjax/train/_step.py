@@ -44,15 +44,8 @@ def l2_penalty(params: Params) -> Array:
     return 0.5 * sum(jnp.sum(jnp.square(w)) for path, w in leaves if is_weight(path))
 
 
-def make_train_step(
-    model: Layer | MLPSpec,
-    cfg: TrainConfig,
-    steps_per_epoch: int,
-    *,
-    use_dropout: bool | None = None,
-    axis_name: Any = None,
-    sync_bn: bool = True,
-) -> Step:
+def make_train_step(model: Layer | MLPSpec, cfg: TrainConfig, steps_per_epoch: int, *,
+                    use_dropout: bool | None = None, axis_name: Any = None, sync_bn: bool = True) -> Step:
     """The pure training step ``step(state, (x, y)) -> (state, {"loss"})`` of one member.
 
     One step on the mini-batch ``x (B, ...)``, ``y (B,)`` int labels: train-mode forward (batch statistics,
@@ -105,15 +98,8 @@ def make_train_step(
     return step
 
 
-def make_shared_batch_ensemble_step(
-    model: Layer | MLPSpec,
-    cfg: TrainConfig,
-    steps_per_epoch: int,
-    *,
-    use_dropout: bool | None = None,
-    axis_name: Any = None,
-    sync_bn: bool = True,
-) -> Step:
+def make_shared_batch_ensemble_step(model: Layer | MLPSpec, cfg: TrainConfig, steps_per_epoch: int, *,
+                                    use_dropout: bool | None = None, axis_name: Any = None, sync_bn: bool = True) -> Step:
     """The step of ``K`` stacked members that all train on the same mini-batch ``(x, y)``.
 
     Equal (up to float reassociation) to ``jax.vmap(make_train_step(...), in_axes=(0, None))``. When the
