@@ -17,7 +17,7 @@ from bnjax._typing import FieldError
 from bnjax.run import cli
 from bnjax.train import Member, TrainConfig, init_ensemble, init_train_state, resolve_members, train_ensemble
 from bnjax.train import _chunks
-from bnjax.train._state import seed_key_data
+from bnjax.train._members import seed_key_data
 
 # A diverging member (learning rate 1e30), dropout, and settings that differ per member.
 MEMBERS = {

@@ -6,11 +6,14 @@ ensembles of :class:`Member` settings (in chunks of members, sharded over a devi
 from bnjax.train._checkpoint import load_checkpoint as load_checkpoint
 from bnjax.train._checkpoint import make_fingerprint as make_fingerprint
 from bnjax.train._checkpoint import save_checkpoint as save_checkpoint
-from bnjax.train._config import Member as Member
 from bnjax.train._config import TrainConfig as TrainConfig
 from bnjax.train._config import lr_factor as lr_factor
 from bnjax.train._config import make_optimizer as make_optimizer
 from bnjax.train._ensemble import train_ensemble as train_ensemble
+from bnjax.train._members import Member as Member
+from bnjax.train._members import TrainState as TrainState
+from bnjax.train._members import init_ensemble as init_ensemble
+from bnjax.train._members import init_train_state as init_train_state
 from bnjax.train._members import resolve_members as resolve_members
 from bnjax.train._parallel import make_data_parallel_ensemble_step as make_data_parallel_ensemble_step
 from bnjax.train._parallel import make_data_parallel_step as make_data_parallel_step
@@ -19,9 +22,6 @@ from bnjax.train._programs import make_epoch_fn as make_epoch_fn
 from bnjax.train._programs import make_eval_fn as make_eval_fn
 from bnjax.train._result import EnsembleResult as EnsembleResult
 from bnjax.train._sharded import Parallel as Parallel
-from bnjax.train._state import TrainState as TrainState
-from bnjax.train._state import init_ensemble as init_ensemble
-from bnjax.train._state import init_train_state as init_train_state
 from bnjax.train._step import evaluate as evaluate
 from bnjax.train._step import l2_penalty as l2_penalty
 from bnjax.train._step import make_shared_batch_ensemble_step as make_shared_batch_ensemble_step

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from bnjax._typing import FieldError
@@ -133,69 +131,6 @@ def _validate(c: TrainConfig) -> tuple[str, Any, str] | None:
 PLACEMENT_FIELDS = ("member_chunk",)
 """TrainConfig fields that place the computation without changing its results (a checkpoint resumes under other
 values; compiled programs do not depend on them)."""
-
-
-MEMBER_FIELDS = ("seed", "learning_rate", "weight_scale", "dropout", "bn_momentum")
-"""A member's settings: its seed, the learning rate (read by the optimizer step) and the model options."""
-MODEL_OPTIONS = {"weight_scale": "init", "dropout": "apply", "bn_momentum": "apply"}
-"""The member settings that reach the model as options (:class:`bnjax.Layer`), and whether ``init`` or
-``apply`` reads them."""
-
-
-def _member_problem(name: str, value: Any) -> str | None:
-    """What is wrong with ``value`` as member setting ``name`` (a sentence after the value), or None."""
-    if name == "seed":
-        return None if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 0 else (
-            "must be an int >= 0.")
-    if not isinstance(value, (int, float, np.number)) or isinstance(value, bool) or not math.isfinite(value):
-        return "must be a finite number."
-    if name in ("learning_rate", "weight_scale"):
-        return None if value > 0 else "must be > 0."
-    if name == "dropout":
-        return None if _checks.drop_rate_ok(value) else _checks.DROP_RATE_RANGE
-    if name == "bn_momentum":
-        return None if _checks.momentum_ok(value) else _checks.MOMENTUM_RANGE
-    raise KeyError(f"{name!r} is not a member setting; they are {MEMBER_FIELDS}.")
-
-
-@dataclass(frozen=True)
-class Member:
-    """One member of an ensemble: its seed and the settings it trains with, each a traced value in the one
-    compiled program of the ensemble.
-
-    Attributes:
-      seed: init, dropout masks and (unless batches are shared) the batch order.
-      learning_rate: base learning rate of the optimizer step (the schedule multiplies it).
-      weight_scale: init option ``weight_scale`` (:func:`bnjax.Dense` with ``init="normal"``); None: the
-        model's own.
-      dropout: apply option ``dropout``, the drop probability (:func:`bnjax.Dropout`); None: the model's own.
-      bn_momentum: apply option ``bn_momentum`` (:func:`bnjax.BatchNorm` and its variants); None: the model's
-        own.
-
-    Raises:
-      FieldError: a value out of range (``seed`` an int >= 0, ``learning_rate``/``weight_scale`` > 0,
-        ``dropout`` in [0, 1), ``bn_momentum`` in [0, 1]).
-    """
-
-    seed: int = 0
-    learning_rate: float = 1e-3
-    weight_scale: float | None = None
-    dropout: float | None = None
-    bn_momentum: float | None = None
-
-    def __post_init__(self) -> None:
-        for name in MEMBER_FIELDS:
-            v = getattr(self, name)
-            if v is None and name in MODEL_OPTIONS:
-                continue
-            bad = _member_problem(name, v)
-            if bad is not None:
-                raise FieldError("Member", name, v, bad)
-            object.__setattr__(self, name, int(v) if name == "seed" else float(v))
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as plain values, unset options left out (what results and reports store)."""
-        return {k: getattr(self, k) for k in MEMBER_FIELDS if getattr(self, k) is not None}
 
 
 def is_weight(path: tuple[Any, ...]) -> bool:

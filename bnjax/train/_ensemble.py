@@ -26,14 +26,23 @@ from bnjax._typing import FieldError, Layer
 from bnjax.nn._mlp import MLPSpec, as_layer
 from bnjax.train import _checkpoint
 from bnjax.train._chunks import ChunkPlan, check_member_chunk, plan_chunks
-from bnjax.train._config import MODEL_OPTIONS, PLACEMENT_FIELDS, Member, TrainConfig
-from bnjax.train._members import Members, resolve_members
+from bnjax.train._config import PLACEMENT_FIELDS, TrainConfig
+from bnjax.train._members import (
+    MODEL_OPTIONS,
+    Member,
+    Members,
+    TrainState,
+    init_members,
+    member_arrays,
+    member_defaults,
+    resolve_members,
+    shared_shuffle_key,
+)
 from bnjax.train._model import stats_layout
 from bnjax.train._precise_bn import check_precise_options
 from bnjax.train._programs import ProgramSpec, Programs, compile_programs
 from bnjax.train._result import EnsembleResult
 from bnjax.train._sharded import Layout, Parallel, make_layout, pad_members, to_devices, to_host
-from bnjax.train._state import TrainState, init_members, member_arrays, member_defaults, shared_shuffle_key
 from bnjax.train._step import make_train_step
 
 SPLITS = ("train", "val", "test")

@@ -13,10 +13,10 @@ import jax.numpy as jnp
 
 from bnjax._typing import Layer
 from bnjax.nn._mlp import MLPSpec, as_layer
-from bnjax.train._config import PLACEMENT_FIELDS, Member, TrainConfig, cast_compute
+from bnjax.train._config import PLACEMENT_FIELDS, TrainConfig, cast_compute
+from bnjax.train._members import Member, TrainState, init_ensemble, shared_shuffle_key
 from bnjax.train._precise_bn import _average_stats
 from bnjax.train._sharded import Layout, make_sharded_epoch_fn, make_sharded_eval_fn
-from bnjax.train._state import TrainState, init_ensemble, shared_shuffle_key
 from bnjax.train._step import (
     epoch_batches,
     evaluate,

@@ -16,6 +16,7 @@ changes a mask.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -23,11 +24,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from bnjax._typing import Array, Layer, Params, State
+from bnjax._typing import Array, Layer, Params, PRNGKey, State
+from bnjax.nn._combinators import apply_layers, select_options
+from bnjax.nn._dense import dense
 from bnjax.nn._mlp import MLPSpec, as_layer
 from bnjax.train._config import TrainConfig, cast_compute, is_weight, lr_factor, make_optimizer
-from bnjax.train._model import first_dense, forward, takes
-from bnjax.train._state import _DROPOUT, _SHUFFLE, TrainState, member_defaults
+from bnjax.train._members import _DROPOUT, _SHUFFLE, TrainState, member_defaults
+from bnjax.train._model import takes
 
 Step = Callable[[TrainState, tuple[Array, Array]], tuple[TrainState, dict[str, Array]]]
 
@@ -53,7 +56,7 @@ def make_train_step(model: Layer | MLPSpec, cfg: TrainConfig, steps_per_epoch: i
     ``params -= lr * schedule(step) * direction`` (:func:`make_optimizer`), running statistics updated; traced
     under ``cfg.matmul_precision``. Divergence: if the loss is non-finite, or any parameter is (detected
     through the sentinel of the layers' outputs, at no extra pass over the parameters; see
-    :func:`bnjax.train._model.forward`), the member is marked diverged at this step, and its parameters and
+    :func:`forward`), the member is marked diverged at this step, and its parameters and
     batch statistics keep their values from before the step, in this and every later step (``jnp.where`` per
     member). Its reported loss is NaN from the next step on. An update that overflows a parameter while the
     loss is still finite is caught by the next step, whose frozen state then holds that non-finite value. The
@@ -229,6 +232,78 @@ def _step_parts(
         return new_state, {"loss": jnp.where(was_ok & jnp.isfinite(sentinel), loss, jnp.nan)}
 
     return loss_fn, update
+
+
+def _zero_sum(y: Array) -> Array:
+    # sum(y * 0): exactly 0 when every entry is finite, NaN otherwise; jit removes it when unused.
+    return jnp.sum(y * jnp.zeros((), y.dtype), dtype=jnp.float32)
+
+
+def forward(
+    layer: Layer,
+    params: Params,
+    batch_stats: State,
+    x: Array,
+    train: bool,
+    *,
+    key: PRNGKey | None = None,
+    first: Array | None = None,
+    **options: Any,
+) -> tuple[Array, State, Array]:
+    """``layer.apply`` plus a non-finiteness sentinel: ``(y, new_batch_stats, sentinel)``.
+
+    ``sentinel = sum(z * 0)`` over the outputs ``z`` of a composition's layers that have parameters and are
+    followed by a parameter-free layer (an activation, dropout, pooling) or end the model -- for an MLP, the
+    pre-activations and the logits; for any other model, its output: exactly 0 when all of them are finite,
+    NaN otherwise. A non-finite parameter makes its layer's output non-finite, and a layer with parameters
+    (affine or normalizing) passes a non-finite input on, so the first parameter-free layer after it sees
+    it -- where a ReLU, a saturating activation or a dropout mask could hide it from the loss. A training
+    step thus learns from this scalar that a parameter went non-finite, without a pass over the parameters.
+
+    ``first``, if given, is the first layer's ``x @ weight.T`` computed by the caller (``x`` is then not
+    read; the layer must be :func:`bnjax.Dense`): an ensemble whose members share ``x`` computes it for all
+    members as one matmul. Options are routed as by :func:`bnjax.serial`.
+    """
+    parts = []
+    names = [name for name, _ in layer.layers]
+    watched = {name for name, after in zip(names, [*names[1:], None]) if name in params and after not in params}
+
+    def tap(name: str, sub: Layer, y: Array) -> None:
+        del sub
+        if name in watched:
+            parts.append(_zero_sum(y))
+
+    if layer.layers:
+        start = 0
+        if first is not None:
+            name = layer.layers[0][0]
+            bias = params[name].get("bias")
+            x = first if bias is None else first + bias
+            tap(name, layer.layers[0][1], x)
+            start = 1
+        y, new_stats = apply_layers(layer.layers, params, batch_stats, x, train, key=key, start=start, tap=tap,
+                                    **options)
+    else:
+        if first is not None:
+            raise ValueError("forward: first= needs a composition whose first layer is bnjax.Dense.")
+        y, new_stats = layer.apply(params, batch_stats, x, train, key=key,
+                                   **select_options(layer, "apply", options))
+        parts.append(_zero_sum(y))
+    sentinel = sum(parts[1:], parts[0]) if parts else jnp.zeros((), jnp.float32)
+    return y, new_stats, sentinel
+
+
+def first_dense(layer: Layer) -> tuple[str, Any] | None:
+    """``(pytree name, precision)`` of ``layer``'s first layer when it is a :func:`bnjax.Dense` (the
+    shared-batch fast path applies), else None."""
+    if not layer.layers:
+        return None
+    apply = layer.layers[0][1].apply
+    if apply is dense:
+        return layer.layers[0][0], None
+    if isinstance(apply, functools.partial) and apply.func is dense and set(apply.keywords) <= {"precision"}:
+        return layer.layers[0][0], apply.keywords.get("precision")
+    return None
 
 
 def epoch_batches(shuffle_key: Array, epoch: Array, num_examples: int, steps: int, batch_size: int) -> Array:
