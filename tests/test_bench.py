@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from bnjax.run import bench
-from bnjax.run._bench_parallel import ParallelCase, run_cpu_subprocess
-from bnjax.run._timing import time_interleaved
+from bnjax.bench import _suite as bench
+from bnjax.bench._parallel import ParallelCase, run_cpu_subprocess
+from bnjax.bench._timing import time_interleaved
 
 
 def test_time_interleaved_counts_every_call():

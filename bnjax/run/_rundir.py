@@ -34,7 +34,7 @@ from bnjax._io import atomic_write
 from bnjax._typing import FieldError
 from bnjax.run._errors import RunError, RunInterrupted, Terminated
 from bnjax.run._schema import config_error
-from bnjax.run._machine import compile_cache_on, load_average, software
+from bnjax._machine import compile_cache_on, load_average, software
 from bnjax.run.config import ConfigError, DataConfig, StudyConfig, Variant, resolved_raw
 from bnjax.train._checkpoint import CheckpointError, verify_checkpoints
 from bnjax.train._config import PLACEMENT_FIELDS

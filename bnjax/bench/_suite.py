@@ -4,7 +4,7 @@ Everything is timed in one process, interleaved round by round (:func:`time_inte
 as medians over rounds plus ratios measured in the same run. On a machine with an accelerator the suite
 runs on the CPU and on the accelerator, and every figure names its device. The parallel part (an ensemble
 sharded over two devices against one device) needs two CPU devices, which JAX fixes when it starts: on the
-CPU it runs in a child process of its own (:mod:`bnjax.run._bench_parallel`), its two programs still
+CPU it runs in a child process of its own (:mod:`bnjax.bench._parallel`), its two programs still
 interleaved there.
 """
 
@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from bnjax.nn import MLPSpec, batch_norm, batch_norm_init
-from bnjax.run._bench_parallel import bench_parallel, run_cpu_subprocess
-from bnjax.run._bench_refs import flax_linen_step, purejax_step
-from bnjax.run._machine import load_average
-from bnjax.run._timing import stateful, time_interleaved
+from bnjax._machine import load_average
+from bnjax.bench._parallel import bench_parallel, run_cpu_subprocess
+from bnjax.bench._refs import flax_linen_step, purejax_step
+from bnjax.bench._timing import stateful, time_interleaved
 from bnjax.train import TrainConfig, init_ensemble, init_train_state, make_epoch_fn, make_train_step, resolve_members
 
 

@@ -7,7 +7,7 @@ its state donated. They are timed in one process, interleaved round by round, on
 
 A CPU's device count is fixed when JAX starts, so on the CPU this part runs in a fresh process started with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` (:func:`run_cpu_subprocess`); that process runs
-``python -m bnjax.run._bench_parallel '<json options>'`` and prints the rows as JSON on its last line. On an
+``python -m bnjax.bench._parallel '<json options>'`` and prints the rows as JSON on its last line. On an
 accelerator with two or more devices :func:`bench_parallel` runs in the calling process over two of them.
 """
 
@@ -26,8 +26,7 @@ import jax
 import numpy as np
 
 from bnjax.nn import MLPSpec
-from bnjax.run._platform import enable_compile_cache
-from bnjax.run._timing import stateful, time_interleaved
+from bnjax.bench._timing import stateful, time_interleaved
 from bnjax.train import Parallel, TrainConfig, init_ensemble, make_epoch_fn, resolve_members
 from bnjax.train._sharded import make_layout, make_sharded_epoch_fn, pad_members, to_devices
 from bnjax.train._step import shared_shuffle_key
@@ -126,8 +125,11 @@ def run_cpu_subprocess(*, timeout: float = 3600.0, compile_cache: str | os.PathL
     env["JAX_PLATFORMS"] = "cpu"
     root = str(Path(__file__).resolve().parents[2])  # the child imports this bnjax, wherever it was imported from
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    payload = json.dumps({"options": options, "compile_cache": None if compile_cache is None else str(compile_cache)})
-    proc = subprocess.run([sys.executable, "-m", "bnjax.run._bench_parallel", payload], env=env,
+    if compile_cache is not None:  # the parent's persistent cache, through JAX's own environment variables
+        env |= {"JAX_COMPILATION_CACHE_DIR": str(compile_cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    payload = json.dumps({"options": options})
+    proc = subprocess.run([sys.executable, "-m", "bnjax.bench._parallel", payload], env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"bnjax bench: the parallel benchmark process failed (exit {proc.returncode}):\n"
@@ -137,8 +139,6 @@ def run_cpu_subprocess(*, timeout: float = 3600.0, compile_cache: str | os.PathL
 
 def _main(argv: list[str]) -> int:
     request = json.loads(argv[0])
-    if request.get("compile_cache"):
-        enable_compile_cache(request["compile_cache"])
     options = dict(request["options"])
     if options.get("cases") is not None:
         options["cases"] = [ParallelCase(**c) for c in options["cases"]]
