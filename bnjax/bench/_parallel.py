@@ -31,7 +31,7 @@ from bnjax.train import Parallel, TrainConfig, init_ensemble, make_epoch_fn, res
 from bnjax.train._sharded import make_layout, make_sharded_epoch_fn, pad_members, to_devices
 from bnjax.train._step import shared_shuffle_key
 
-__all__ = ["ParallelCase", "bench_parallel", "default_cases", "run_cpu_subprocess"]
+__all__ = ["ParallelCase", "bench_parallel", "default_cases", "parallel_part", "run_cpu_subprocess"]
 
 NUM_DEVICES = 2
 
@@ -106,6 +106,27 @@ def bench_parallel(devices: Sequence[jax.Device], *, in_features: int = 3072, hi
                      "one_device_ex_per_s": examples / one, "parallel_ex_per_s": examples / par,
                      "throughput_ratio": one / par})
     return rows
+
+
+def parallel_part(dev: Any, *, quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The parallel rows for the platform of ``dev``: the 16-member CS231n ensemble (batch 50) sharded over
+    two devices vs one, own and shared batch order, and data parallel over two devices (one member, and the
+    ensemble). On the CPU in a child process with two CPU devices; on an accelerator over two of its devices,
+    or ``{"skipped": reason}`` when it has one."""
+    options = {"steps": 5 if quick else 20, "rounds": 2 if quick else 7}
+    if dev.platform == "cpu":
+        cache = jax.config.jax_compilation_cache_dir
+        rows = run_cpu_subprocess(compile_cache=cache, **options)
+        where = f"2 CPU devices (--xla_force_host_platform_device_count=2) on {os.cpu_count()} cores"
+    else:
+        same = jax.devices(dev.platform)
+        if len(same) < 2:
+            return {"skipped": f"one {dev.platform} device: sharding needs two", "rows": []}
+        with jax.default_device(same[0]):
+            rows = bench_parallel(same[:2], **options)
+        where = f"2 {dev.platform} devices"
+    log(f"parallel: {where}, one epoch program of {options['steps']} steps, 2 devices vs 1")
+    return {"where": where, **options, "rows": rows}
 
 
 def _name(c: ParallelCase) -> str:
