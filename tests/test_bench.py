@@ -77,7 +77,7 @@ def test_run_bench_quick_writes_json(tmp_path):
     parts = {"steps", "reference_epoch", "epoch", "ensemble", "bf16", "parallel", "bn_layer", "members"}
     assert set(saved["notes"]) == parts and saved["wall_s"] > 0
     (dev,) = saved["by_device"].values()
-    assert parts | {"bn_layer_skipped"} == set(dev)
+    assert parts | {"bn_layer_skipped", "seconds"} == set(dev) and set(dev["seconds"]) == parts
     assert [r["workload"] for r in dev["reference_epoch"]] == ["fmnist_b50", "wide_b256"]
     for r in dev["reference_epoch"]:
         assert set(r["bnjax_vs_flax_scan"]) == RATIO and r["fusions"]["bnjax"]["loops"] == 1

@@ -61,30 +61,38 @@ def _device_part(dev: Any, quick: bool, log: Callable[[str], None]) -> dict[str,
     s = _settings(dev.platform, quick)
     rounds, calls = s["rounds"], s["calls"]
     r: dict[str, Any] = {}
-    r["steps"] = bench_steps(s["steps"], rounds=rounds, calls=calls)
+    seconds: dict[str, float] = {}
+
+    def part(name: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        r[name] = fn(*args, **kwargs)
+        seconds[name] = round(time.perf_counter() - t0, 1)
+        return r[name]
+
+    part("steps", bench_steps, s["steps"], rounds=rounds, calls=calls)
     log("steps (one jitted call per step: per-call dispatch included)\n" + _table(
         r["steps"], ["workload", "bnjax_ms", "purejax_ms", "flax_linen_ms", "bnjax_vs_flax", "bnjax_vs_purejax"]))
-    r["reference_epoch"] = bench_reference_epoch(s["reference"], rounds=rounds)
+    part("reference_epoch", bench_reference_epoch, s["reference"], rounds=rounds)
     log("reference epoch (compiled epoch vs hand-written flax.linen lax.scan)\n" + _table(
         [{**row, "bnjax_fusions": row["fusions"]["bnjax"], "flax_fusions": row["fusions"]["flax_scan"]}
          for row in r["reference_epoch"]],
         ["workload", "steps", "bnjax_epoch_ms", "flax_scan_epoch_ms", "bnjax_vs_flax_scan", "bnjax_fusions",
          "flax_fusions"]))
-    r["epoch"] = bench_epoch(rounds=rounds, steps=s["epoch_steps"])
+    part("epoch", bench_epoch, rounds=rounds, steps=s["epoch_steps"])
     log(_table([r["epoch"]], ["workload", "steps", "scan_epoch_ms", "python_loop_ms", "throughput_ratio"]))
-    r["ensemble"] = bench_ensemble(s["ensemble"], rounds=rounds, steps=s["ensemble_steps"])
+    part("ensemble", bench_ensemble, s["ensemble"], rounds=rounds, steps=s["ensemble_steps"])
     log(_table(r["ensemble"], ["K", "shared_batches", "member_step_ms", "single_step_ms", "vs_single_step",
                                "vs_K1_epoch"]))
-    r["bf16"] = bench_bf16(s["bf16"], rounds=rounds, calls=calls)
+    part("bf16", bench_bf16, s["bf16"], rounds=rounds, calls=calls)
     log(_table(r["bf16"], ["workload", "f32_ms", "bf16_ms", "bf16_vs_f32"]))
-    r["parallel"] = parallel_part(dev, quick=quick, log=log)
+    part("parallel", parallel_part, dev, quick=quick, log=log)
     if r["parallel"]["rows"]:
         log(_table(r["parallel"]["rows"], ["kind", "num_members", "members", "data", "shared_batches",
                                            "one_device_ms", "parallel_ms", "one_device_ex_per_s",
                                            "parallel_ex_per_s", "throughput_ratio"]))
     else:
         log(f"parallel: skipped ({r['parallel']['skipped']})\n")
-    r["bn_layer"] = bench_bn_layer(s["bn_shapes"], rounds=rounds, calls=calls)
+    part("bn_layer", bench_bn_layer, s["bn_shapes"], rounds=rounds, calls=calls)
     skipped = [list(shape) for shape in BN_SHAPES if shape not in s["bn_shapes"]]
     if skipped:
         r["bn_layer_skipped"] = {"shapes": skipped, "why": "--quick"}
@@ -93,11 +101,12 @@ def _device_part(dev: Any, quick: bool, log: Callable[[str], None]) -> dict[str,
          for row in r["bn_layer"]],
         ["shape", "analytic_us", "autodiff_us", "flax_us", "analytic_vs_autodiff", "analytic_vs_flax",
          "analytic_rw", "flax_rw"]))
-    r["members"] = {"init": bench_init(s["init"], rounds=1 if quick else 2),
-                    "epochs": bench_member_epochs(s["member_epochs"], rounds=rounds if quick else 3)}
+    part("members", lambda: {"init": bench_init(s["init"], rounds=rounds),
+                             "epochs": bench_member_epochs(s["member_epochs"], rounds=2)})
     log(_table(r["members"]["init"], ["K", "random_numbers", "init_first_s", "init_s", "normal_s", "init_vs_normal"]))
     log(_table(r["members"]["epochs"], ["K", "steps", "epoch_ms", "epoch_eval_transfer_ms", "member_step_us",
                                         "eval_transfer_share"]))
+    r["seconds"] = seconds
     return r
 
 
