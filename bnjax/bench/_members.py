@@ -13,7 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from bnjax.bench._timing import ratio, stateful, time_interleaved
+from bnjax.bench._timing import ratio, time_interleaved
 from bnjax.bench._workloads import FMNIST_B50, Workload, spec_cfg, synthetic
 from bnjax.train import init_ensemble, make_epoch_fn, make_eval_fn, resolve_members
 
@@ -52,11 +52,15 @@ def bench_init(ks: Sequence[int], *, rounds: int, w: Workload = FMNIST_B50) -> l
 
 def bench_member_epochs(ks: Sequence[int], *, rounds: int, steps: int = 5, eval_examples: int = 1000,
                         w: Workload = FMNIST_B50) -> list[dict[str, Any]]:
-    """Per K: one K-member epoch of ``steps`` steps (``make_epoch_fn``, each member its own batch order), then
-    its evaluation (``make_eval_fn`` on the training set and ``eval_examples`` held-out examples) and the
-    transfer of the step losses and metrics to the host (``jax.device_get``), against the epoch alone,
-    interleaved. ``member_step_us`` is the whole wall per member-step; ``eval_transfer_share`` the part of it
-    that the evaluation and the transfer add (from the medians); ``full_vs_epoch`` the ratio within each round."""
+    """Per K: one K-member epoch of ``steps`` steps (``make_epoch_fn``, each member its own batch order), its
+    evaluation (``make_eval_fn`` on the training set and ``eval_examples`` held-out examples) and the transfer
+    of the step losses and metrics to the host (one ``jax.device_get``), each part synced and timed in every
+    call, one warm-up call then ``rounds`` calls.
+
+    Row: medians of the parts (``epoch_ms``, ``eval_ms``, ``transfer_ms``) and of their sum per member-step
+    (``member_step_us``; ``epoch_member_step_us`` for the epoch alone), and ``transfer_share``, the median
+    share of the wall that the transfer takes.
+    """
     rows = []
     spec, cfg = spec_cfg(w)
     n = steps * w.batch
@@ -67,17 +71,25 @@ def bench_member_epochs(ks: Sequence[int], *, rounds: int, steps: int = 5, eval_
         members = resolve_members(spec, cfg, {"seed": list(range(k))})
         epoch = jax.jit(make_epoch_fn(spec, cfg, num_members=k, num_train=n), donate_argnums=0)
         evaluate = jax.jit(make_eval_fn(spec, cfg, num_members=k))
+        box = [init_ensemble(spec, cfg, members)]
 
-        def full(states):
-            states, losses = epoch(states, x, y, key)
-            return states, jax.device_get((losses, evaluate(states, sets, None)))
+        def once() -> tuple[float, float, float]:
+            t0 = time.perf_counter()
+            box[0], losses = epoch(box[0], x, y, key)
+            jax.block_until_ready(losses)
+            t1 = time.perf_counter()
+            metrics = jax.block_until_ready(evaluate(box[0], sets, None))
+            t2 = time.perf_counter()
+            jax.device_get((losses, metrics))
+            return t1 - t0, t2 - t1, time.perf_counter() - t2
 
-        t = time_interleaved({"epoch": stateful(epoch, init_ensemble(spec, cfg, members), x, y, key),
-                              "full": stateful(full, init_ensemble(spec, cfg, members))},
-                             rounds=rounds, calls=1, warmup=1)
-        whole, alone = t["full"]["median_s"], t["epoch"]["median_s"]
+        once()
+        parts = np.array([once() for _ in range(max(1, rounds))])
+        epoch_s, eval_s, transfer_s = np.median(parts, axis=0)
+        total_s = float(np.median(parts.sum(axis=1)))
         rows.append({"K": k, "workload": w.name, "steps": steps, "eval_examples": n + eval_examples,
-                     "epoch_ms": alone * 1e3, "epoch_eval_transfer_ms": whole * 1e3,
-                     "member_step_us": whole / (k * steps) * 1e6, "epoch_member_step_us": alone / (k * steps) * 1e6,
-                     "eval_transfer_share": 1.0 - alone / whole, "full_vs_epoch": ratio(t, "full", "epoch")})
+                     "epoch_ms": epoch_s * 1e3, "eval_ms": eval_s * 1e3, "transfer_ms": transfer_s * 1e3,
+                     "member_step_us": total_s / (k * steps) * 1e6,
+                     "epoch_member_step_us": epoch_s / (k * steps) * 1e6,
+                     "transfer_share": float(np.median(parts[:, 2] / parts.sum(axis=1)))})
     return rows

@@ -40,7 +40,8 @@ NOTES = {
     "parallel": "an ensemble's epoch sharded over 2 devices vs 1 device",
     "bn_layer": f"batch norm train-mode fwd+bwd (VJP against a fixed cotangent), float32; passes: {PASSES_COUNTED}",
     "members": "init: init_ensemble of K members vs one jitted jax.random.normal of as many numbers; epochs: a "
-               "K-member epoch + make_eval_fn + jax.device_get of the losses and metrics, vs the epoch alone",
+               "K-member epoch, then make_eval_fn, then one jax.device_get of the losses and metrics, each part "
+               "synced and timed",
 }
 
 
@@ -102,10 +103,10 @@ def _device_part(dev: Any, quick: bool, log: Callable[[str], None]) -> dict[str,
         ["shape", "analytic_us", "autodiff_us", "flax_us", "analytic_vs_autodiff", "analytic_vs_flax",
          "analytic_rw", "flax_rw"]))
     part("members", lambda: {"init": bench_init(s["init"], rounds=rounds),
-                             "epochs": bench_member_epochs(s["member_epochs"], rounds=2)})
+                             "epochs": bench_member_epochs(s["member_epochs"], rounds=3)})
     log(_table(r["members"]["init"], ["K", "random_numbers", "init_first_s", "init_s", "normal_s", "init_vs_normal"]))
-    log(_table(r["members"]["epochs"], ["K", "steps", "epoch_ms", "epoch_eval_transfer_ms", "member_step_us",
-                                        "eval_transfer_share"]))
+    log(_table(r["members"]["epochs"], ["K", "steps", "epoch_ms", "eval_ms", "transfer_ms", "member_step_us",
+                                        "epoch_member_step_us", "transfer_share"]))
     r["seconds"] = seconds
     return r
 
