@@ -29,7 +29,7 @@ from bnjax.nn import MLPSpec
 from bnjax.bench._timing import stateful, time_interleaved
 from bnjax.train import Parallel, TrainConfig, init_ensemble, make_epoch_fn, resolve_members
 from bnjax.train._sharded import make_layout, make_sharded_epoch_fn, pad_members, to_devices
-from bnjax.train._step import shared_shuffle_key
+from bnjax.train._state import shared_shuffle_key
 
 __all__ = ["ParallelCase", "bench_parallel", "default_cases", "parallel_part", "run_cpu_subprocess"]
 
