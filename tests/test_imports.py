@@ -1,5 +1,5 @@
-"""The package's shape: imports point down (nn -> train -> run -> experiments), the top-level surface is the
-deliberate list, bnjax.data stays NumPy-only, and the Flax modules have one import path."""
+"""The package's shape: imports point down (nn -> train -> bench -> run -> experiments), the top-level surface
+is the deliberate list, bnjax.data stays NumPy-only, and the Flax modules have one import path."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ ALLOWED = {
     "data": {"base", "data"},
     "train": {"base", "nn", "train"},
     "interop": {"base", "nn", "interop"},
-    "run": {"base", "nn", "data", "train", "run"},
+    "bench": {"base", "nn", "train", "bench"},
+    "run": {"base", "nn", "data", "train", "bench", "run"},
 }
 
 
@@ -32,9 +33,10 @@ def _layer(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "bnjax" or len(parts) == 1:
         return None
-    if parts[1] in ("nn", "data", "train", "run", "interop"):
+    if parts[1] in ("nn", "data", "train", "bench", "run", "interop"):
         return parts[1]
-    return {"_typing": "base", "_faults": "base", "_io": "base", "flax": "interop", "__main__": "run"}[parts[1]]
+    base = {"_typing", "_faults", "_io", "_machine"}
+    return "base" if parts[1] in base else {"flax": "interop", "__main__": "run"}[parts[1]]
 
 
 def _module_name(path: Path) -> str:

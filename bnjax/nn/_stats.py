@@ -188,6 +188,11 @@ def normalize_affine(x, scale, bias, axes, eps, axis_name=None, mask=None):
         dscale = sum over the broadcast axes of dy * xhat
         dbias  = sum over the broadcast axes of dy
 
+    Where ``scale`` is constant over each group (batch norm), ``sum(g)`` and ``sum(g * xhat)`` are ``scale``
+    times the group sums of ``dy`` and ``dy * xhat`` that ``dbias`` and ``dscale`` need anyway, so the backward
+    makes two reductions (over ``dy`` and ``dy * (x - mean)``), not four; the residual is ``x - mean``, which
+    the variance already forms, rather than a new ``xhat``.
+
     so masked-out entries get a zero cotangent and add nothing to any other gradient, whatever they hold.
 
     Reverse mode only (``jax.grad``/``vjp``/``jacrev``, ``jax.hessian`` = forward-over-reverse); under
@@ -233,51 +238,67 @@ def _normalize_affine_fwd(x, scale, bias, axes, eps, axis_name, mask):
     x, scale, bias, mask = _primal(x), _primal(scale), _primal(bias), jax.tree.map(_primal, mask)
     mean, var, count = compute_stats(x, axes, axis_name=axis_name, mask=mask)
     inv = lax.rsqrt(var + eps)
-    xhat = (x - mean) * inv
-    y = xhat * scale + bias
+    y = (x - mean) * inv * scale + bias
+    # The residual is x - mean, the array compute_stats already forms for the variance (shared by CSE), not
+    # xhat: a compiler that materialises it then writes no extra array for the backward.
+    centred = x - mean
     if mask is not None:
-        mask = jnp.asarray(mask) != 0  # kept unbroadcast; selects xhat (and dy) in the backward
-        xhat = jnp.where(mask, xhat, 0)
-    return (y, mean, var), (xhat, inv, count, scale, bias, mask)
+        mask = jnp.asarray(mask) != 0  # kept unbroadcast; selects the residual (and dy) in the backward
+        centred = jnp.where(mask, centred, 0)
+    return (y, mean, var), (centred, inv, count, scale, bias, mask)
 
 
 def _normalize_affine_bwd(axes, eps, axis_name, res, cts):
     del eps
-    xhat, inv, count, scale, bias, mask = res
+    centred, inv, count, scale, bias, mask = res
     dy, dmean, dvar = cts
     if isinstance(dy, SymbolicZero):
-        dy = jnp.zeros_like(xhat)
-    assert dy.shape == xhat.shape and inv.shape == count.shape
+        dy = jnp.zeros_like(centred)
+    assert dy.shape == centred.shape and inv.shape == count.shape
+    mb = None
     if mask is not None:
         # Select, don't multiply: a NaN cotangent at a masked-out output must not leak either.
-        mb = jnp.broadcast_to(mask, xhat.shape)
+        mb = jnp.broadcast_to(mask, centred.shape)
         dy = jnp.where(mb, dy, 0)
-    g = dy * scale
-    sum_g, sum_gx = _psum(
-        (jnp.sum(g, axis=axes, keepdims=True), jnp.sum(g * xhat, axis=axes, keepdims=True)), axis_name
-    )
+    if all(scale.shape[a] == 1 for a in axes):
+        # scale is constant over each group (batch norm): the group sums of g = dy * scale and g * xhat are
+        # scale times those of dy and dy * xhat, which are also dbias and dscale before the sum over the other
+        # broadcast axes. Two reductions over (dy, centred) instead of four, and xhat never formed in full:
+        # dx = inv * scale * (dy - sum(dy) / n - centred * inv**2 * sum(dy * centred) / n).
+        sum_dy = jnp.sum(dy, axis=axes, keepdims=True)
+        sum_dyc = jnp.sum(dy * centred, axis=axes, keepdims=True)
+        all_dy, all_dyc = _psum((sum_dy, sum_dyc), axis_name)
+        factor, value = inv * scale, dy
+        group = all_dy / count + centred * (inv * inv * all_dyc / count)
+        dscale_terms, dbias_terms = sum_dyc * inv, sum_dy
+    else:
+        # scale varies inside a group (layer and group norm): the group sums of g and g * xhat as they are.
+        xhat = centred * inv
+        g = dy * scale
+        sum_g, sum_gx = _psum(
+            (jnp.sum(g, axis=axes, keepdims=True), jnp.sum(g * xhat, axis=axes, keepdims=True)), axis_name
+        )
+        factor, value = inv, g
+        group = sum_g / count + xhat * (sum_gx / count)
+        dscale_terms, dbias_terms = dy * xhat, dy
+    if mb is not None:
+        # value and centred are 0 at masked-out entries; the group terms are selected away, so dx is 0 there.
+        group = jnp.where(mb, group, 0)
+    dx = factor * (value - group)
     # The stats outputs feed running statistics; their cotangents are usually zero but are honoured, so
     # the VJP is exact for any function of (y, mean, var). d mean/dx = m/n, d var/dx = 2 m (x - mean)/n.
-    mean_g, mean_gx = sum_g / count, sum_gx / count
     # Symbolic zeros (the usual case: running statistics carry no gradient) skip these full-size terms.
     stat_terms = None
     if not isinstance(dmean, SymbolicZero):
         stat_terms = dmean / count
     if not isinstance(dvar, SymbolicZero):
-        dv = dvar * 2.0 * xhat / (inv * count)
+        dv = dvar * 2.0 * centred / count
         stat_terms = dv if stat_terms is None else stat_terms + dv
-    if mask is None:
-        dx = inv * (g - mean_g - xhat * mean_gx)
-        if stat_terms is not None:
-            dx = dx + stat_terms
-    else:
-        # g and xhat are 0 at masked-out entries; the group terms are selected away there, so dx is exactly 0.
-        dx = inv * g - jnp.where(mb, inv * (mean_g + xhat * mean_gx), 0)
-        if stat_terms is not None:
-            dx = dx + jnp.where(mb, stat_terms, 0)
-    dscale = match_varying(_sum_to_shape(dy * xhat, scale.shape), scale)
-    dbias = match_varying(_sum_to_shape(dy, bias.shape), bias)
-    return match_varying(dx, xhat), dscale, dbias, None
+    if stat_terms is not None:
+        dx = dx + (stat_terms if mb is None else jnp.where(mb, stat_terms, 0))
+    dscale = match_varying(_sum_to_shape(dscale_terms, scale.shape), scale)
+    dbias = match_varying(_sum_to_shape(dbias_terms, bias.shape), bias)
+    return match_varying(dx, centred), dscale, dbias, None
 
 
 _normalize_affine.defvjp(_normalize_affine_fwd, _normalize_affine_bwd, symbolic_zeros=True)

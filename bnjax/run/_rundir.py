@@ -31,9 +31,9 @@ from typing import Any
 
 from bnjax._faults import kill_point
 from bnjax._io import atomic_write
+from bnjax._machine import compile_cache_on, load_average, software
 from bnjax._typing import FieldError
 from bnjax.run._errors import RunError, RunInterrupted, Terminated
-from bnjax.run._machine import compile_cache_on, load_average, software
 from bnjax.run._schema import config_error
 from bnjax.run.config import ConfigError, DataConfig, StudyConfig, Variant, resolved_raw
 from bnjax.run.results import metrics_lines

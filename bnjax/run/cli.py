@@ -135,7 +135,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_bench(args: argparse.Namespace) -> int:
     import time
 
-    from bnjax.run.bench import run_bench
+    from bnjax.bench import run_bench
 
     out = args.out or f"bench_results/bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
     run_bench(quick=args.quick, out=out)

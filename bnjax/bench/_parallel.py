@@ -7,7 +7,7 @@ its state donated. They are timed in one process, interleaved round by round, on
 
 A CPU's device count is fixed when JAX starts, so on the CPU this part runs in a fresh process started with
 ``XLA_FLAGS=--xla_force_host_platform_device_count=2`` (:func:`run_cpu_subprocess`); that process runs
-``python -m bnjax.run._bench_parallel '<json options>'`` and prints the rows as JSON on its last line. On an
+``python -m bnjax.bench._parallel '<json options>'`` and prints the rows as JSON on its last line. On an
 accelerator with two or more devices :func:`bench_parallel` runs in the calling process over two of them.
 """
 
@@ -26,13 +26,12 @@ import jax
 import numpy as np
 
 from bnjax.nn import MLPSpec
-from bnjax.run._platform import enable_compile_cache
-from bnjax.run._timing import stateful, time_interleaved
+from bnjax.bench._timing import stateful, time_interleaved
 from bnjax.train import Parallel, TrainConfig, init_ensemble, make_epoch_fn, resolve_members
 from bnjax.train._sharded import make_layout, make_sharded_epoch_fn, pad_members, to_devices
-from bnjax.train._step import shared_shuffle_key
+from bnjax.train._members import shared_shuffle_key
 
-__all__ = ["ParallelCase", "bench_parallel", "default_cases", "run_cpu_subprocess"]
+__all__ = ["ParallelCase", "bench_parallel", "default_cases", "parallel_part", "run_cpu_subprocess"]
 
 NUM_DEVICES = 2
 
@@ -109,6 +108,27 @@ def bench_parallel(devices: Sequence[jax.Device], *, in_features: int = 3072, hi
     return rows
 
 
+def parallel_part(dev: Any, *, quick: bool, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """The parallel rows for the platform of ``dev``: the 16-member CS231n ensemble (batch 50) sharded over
+    two devices vs one, own and shared batch order, and data parallel over two devices (one member, and the
+    ensemble). On the CPU in a child process with two CPU devices; on an accelerator over two of its devices,
+    or ``{"skipped": reason}`` when it has one."""
+    options = {"steps": 5 if quick else 20, "rounds": 2 if quick else 7}
+    if dev.platform == "cpu":
+        cache = jax.config.jax_compilation_cache_dir
+        rows = run_cpu_subprocess(compile_cache=cache, **options)
+        where = f"2 CPU devices (--xla_force_host_platform_device_count=2) on {os.cpu_count()} cores"
+    else:
+        same = jax.devices(dev.platform)
+        if len(same) < 2:
+            return {"skipped": f"one {dev.platform} device: sharding needs two", "rows": []}
+        with jax.default_device(same[0]):
+            rows = bench_parallel(same[:2], **options)
+        where = f"2 {dev.platform} devices"
+    log(f"parallel: {where}, one epoch program of {options['steps']} steps, 2 devices vs 1")
+    return {"where": where, **options, "rows": rows}
+
+
 def _name(c: ParallelCase) -> str:
     return f"{c.kind}:{c.num_members}:{c.members}x{c.data}:{c.shared_batches}"
 
@@ -126,8 +146,11 @@ def run_cpu_subprocess(*, timeout: float = 3600.0, compile_cache: str | os.PathL
     env["JAX_PLATFORMS"] = "cpu"
     root = str(Path(__file__).resolve().parents[2])  # the child imports this bnjax, wherever it was imported from
     env["PYTHONPATH"] = os.pathsep.join([root, *filter(None, [env.get("PYTHONPATH")])])
-    payload = json.dumps({"options": options, "compile_cache": None if compile_cache is None else str(compile_cache)})
-    proc = subprocess.run([sys.executable, "-m", "bnjax.run._bench_parallel", payload], env=env,
+    if compile_cache is not None:  # the parent's persistent cache, through JAX's own environment variables
+        env |= {"JAX_COMPILATION_CACHE_DIR": str(compile_cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+                "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    payload = json.dumps({"options": options})
+    proc = subprocess.run([sys.executable, "-m", "bnjax.bench._parallel", payload], env=env,
                           capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"bnjax bench: the parallel benchmark process failed (exit {proc.returncode}):\n"
@@ -137,8 +160,6 @@ def run_cpu_subprocess(*, timeout: float = 3600.0, compile_cache: str | os.PathL
 
 def _main(argv: list[str]) -> int:
     request = json.loads(argv[0])
-    if request.get("compile_cache"):
-        enable_compile_cache(request["compile_cache"])
     options = dict(request["options"])
     if options.get("cases") is not None:
         options["cases"] = [ParallelCase(**c) for c in options["cases"]]

@@ -18,8 +18,9 @@ def time_interleaved(
 ) -> dict[str, dict[str, float]]:
     """Times each zero-argument ``fn`` (which must return what to block on) ``calls`` times per round.
 
-    Returns, per name, ``{"median_s", "min_s", "max_s"}`` of the per-call time over the round medians
-    (each round's value is its total time divided by ``calls``, with one sync at the end of the round).
+    Returns, per name, ``{"median_s", "min_s", "max_s", "rounds_s"}``: the median, least and greatest per-call
+    time over the rounds, and each round's (its total time divided by ``calls``, with one sync at the end of
+    the round), in round order so that :func:`ratio` can pair them.
     """
     for fn in fns.values():
         for _ in range(warmup):
@@ -34,9 +35,16 @@ def time_interleaved(
             block(out)
             per_round[name].append((time.perf_counter() - t0) / calls)
     return {
-        name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v)}
+        name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v), "rounds_s": v}
         for name, v in per_round.items()
     }
+
+
+def ratio(times: dict[str, dict[str, Any]], a: str, b: str) -> dict[str, float]:
+    """``a``'s time over ``b``'s from one :func:`time_interleaved` result: ``{"median", "min", "max"}`` of the
+    ratio within each round (both measured moments apart, so drift on a shared machine cancels)."""
+    r = [x / y for x, y in zip(times[a]["rounds_s"], times[b]["rounds_s"])]
+    return {"median": statistics.median(r), "min": min(r), "max": max(r)}
 
 
 def stateful(step: Callable, state: Any, *args: Any) -> Callable[[], Any]:
