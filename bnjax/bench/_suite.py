@@ -20,6 +20,7 @@ from typing import Any
 
 import jax
 
+from bnjax._io import atomic_write
 from bnjax._machine import load_average
 from bnjax.bench._epoch import FUSIONS_COUNTED, bench_reference_epoch
 from bnjax.bench._layer import BN_SHAPES, PASSES_COUNTED, bench_bn_layer
@@ -111,17 +112,19 @@ def _device_part(dev: Any, quick: bool, log: Callable[[str], None]) -> dict[str,
     return r
 
 
-def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str | Path | None = None,
+def run_bench(*, quick: bool = False, devices: list[Any] | str | None = None, out: str | Path | None = None,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Runs every benchmark on each device (default: the CPU, plus the default device if it is not a CPU),
-    prints tables and writes JSON to ``out`` (a file path) when given. ``quick`` shortens every part.
+    """Runs every benchmark on each device, prints tables and writes JSON to ``out`` (a file path) when given.
+    ``quick`` shortens every part. ``devices``: a list of JAX devices, ``"cpu"``, ``"accelerator"`` (the default
+    device, when it is not a CPU), or None (default): the CPU, plus the default device if it is not a CPU.
 
     Parts per device (``NOTES`` says what each measures; the JSON carries them as ``notes``): ``steps``,
     ``reference_epoch``, ``epoch``, ``ensemble``, ``bf16``, ``parallel``, ``bn_layer``, ``members``."""
-    if devices is None:
-        devices = [jax.devices("cpu")[0]]
-        if jax.devices()[0].platform != "cpu":
-            devices.append(jax.devices()[0])
+    accelerator = [jax.devices()[0]] if jax.devices()[0].platform != "cpu" else []
+    if devices == "accelerator" and not accelerator:
+        raise ValueError("bench: --devices accelerator, but JAX sees no accelerator (its devices are CPUs).")
+    devices = {None: [jax.devices("cpu")[0], *accelerator], "cpu": [jax.devices("cpu")[0]],
+               "accelerator": accelerator}.get(devices, devices) if not isinstance(devices, list) else devices
     result: dict[str, Any] = {
         "jax": jax.__version__, "python": platform.python_version(),
         "machine": platform.processor() or platform.machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S"), "quick": quick, "cpu_count": os.cpu_count(),
@@ -138,12 +141,7 @@ def run_bench(*, quick: bool = False, devices: list[Any] | None = None, out: str
     log(f"load average (1, 5, 15 min): {result['load_average_start']} at the start, {result['load_average_end']} "
         f"at the end; {result['wall_s']:.0f} s")
     if out is not None:
-        out = Path(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        tmp.replace(out)
-        log(f"saved {out}")
+        log(f"saved {atomic_write(out, json.dumps(result, indent=2))}")
     return result
 
 

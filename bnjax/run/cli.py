@@ -136,9 +136,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import time
 
     from bnjax.bench import run_bench
+    from bnjax.run._schema import ConfigError
 
     out = args.out or f"bench_results/bench-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    run_bench(quick=args.quick, out=out)
+    try:
+        run_bench(quick=args.quick, out=out, devices=None if args.devices == "all" else args.devices)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return 0
 
 
@@ -266,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "and ratios, saves JSON")
     p.add_argument("--quick", action="store_true", help="one workload per part and few rounds (a smoke run)")
     p.add_argument("--out", default=None, help="JSON file (default bench_results/bench-<time>.json)")
+    p.add_argument("--devices", choices=("all", "cpu", "accelerator"), default="all",
+                   help="where to run: the CPU and, when there is one, the accelerator (default), or only one of them")
     p.add_argument("--no-compile-cache", action="store_true",
                    help="do not use JAX's persistent compilation cache (default: on, in $XDG_CACHE_HOME/bnjax/"
                         "jax-compile or ~/.cache/bnjax/jax-compile; BNJAX_COMPILE_CACHE=0 also turns it off)")
