@@ -18,6 +18,7 @@ from bnjax.train._members import Member, TrainState, init_ensemble, shared_shuff
 from bnjax.train._precise_bn import _average_stats
 from bnjax.train._sharded import Layout, make_sharded_epoch_fn, make_sharded_eval_fn
 from bnjax.train._step import (
+    EPOCH_UNROLL,
     epoch_batches,
     evaluate,
     make_shared_batch_ensemble_step,
@@ -79,7 +80,7 @@ def make_epoch_fn(
             carry, metrics = batched_step(carry, (x[idx_t], y[idx_t]))
             return carry, metrics["loss"]
 
-        st, losses = jax.lax.scan(body, st, idx)
+        st, losses = jax.lax.scan(body, st, idx, unroll=EPOCH_UNROLL)
         return (_expand(st), losses[None]) if single else (st, losses.T)
 
     return epoch
