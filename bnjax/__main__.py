@@ -1,3 +1,3 @@
-from bnjax.run.cli import main
+from bnjax.cli import main
 
 raise SystemExit(main())

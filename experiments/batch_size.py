@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, paired
+from bnjax.claims import Claim, Expect, every, exceeds, expectations, paired
 from bnjax.run.report import brief, fmt, save_figure
 
 SOURCES_SAY = "BN needs large batches (and trails no norm at batch 5, CIFAR-10); LN does not"

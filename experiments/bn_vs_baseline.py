@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnjax.run.claims import Claim, Expect, every, every_seed, exceeds, expectations, paired
+from bnjax.claims import Claim, Expect, every, every_seed, exceeds, expectations, paired
 from bnjax.run.report import brief, fmt
 
 SOURCES_SAY = "BN leads at every epoch (CS231n, CIFAR-10); recomputed or debiased statistics too; LN ahead of none"

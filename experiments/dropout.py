@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, paired, within
+from bnjax.claims import Claim, Expect, every, exceeds, expectations, paired, within
 from bnjax.run.report import brief, fmt, plot_metric_vs_axis
 
 SOURCES_SAY = "dropout shrinks the train-val gap; raises val when overfitting"

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, falls_below, paired, within
+from bnjax.claims import Claim, Expect, every, exceeds, expectations, falls_below, paired, within
 from bnjax.run.report import brief, fmt, save_figure
 
 SOURCES_SAY = "dropout before BN shrinks eval variance (ratio ~ keep); recomputing statistics repairs it"

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, paired
+from bnjax.claims import Claim, Expect, every, exceeds, expectations, paired
 from bnjax.run.report import brief, fmt, save_figure
 
 SOURCES_SAY = "ghost BN over small virtual batches narrows the large-batch generalization gap (Hoffer et al. 2017)"

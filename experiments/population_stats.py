@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, mean_above, paired, within
+from bnjax.claims import Claim, Expect, every, exceeds, expectations, mean_above, paired, within
 from bnjax.run.report import brief, fmt, save_figure
 
 SOURCES_SAY = "recomputed statistics >= EMA, most when it lags; unbiased variance makes no difference"

@@ -7,7 +7,7 @@ networks" (CIFAR-10); Ioffe & Szegedy 2015, Fig. 1(a); Ba, Kiros & Hinton 2016, 
 
 from __future__ import annotations
 
-from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, paired
+from bnjax.claims import Claim, Expect, every, exceeds, expectations, paired
 from bnjax.run.report import brief, fmt, plot_metric_vs_axis
 
 SOURCES_SAY = "BN, and LN, train faster than no norm; dropout shrinks the train-val gap"

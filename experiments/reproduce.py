@@ -30,7 +30,7 @@ if str(ROOT) not in sys.path:  # run as a script: this checkout's bnjax, as the 
     sys.path.insert(0, str(ROOT))
 
 from bnjax.run import RunError, inspect_run_dir  # noqa: E402
-from bnjax.run.stored import SUMMARY_FILE, Stored, compare_summaries, load_stored, store_summary  # noqa: E402
+from bnjax.stored import SUMMARY_FILE, Stored, compare_summaries, load_stored, store_summary  # noqa: E402
 
 RESULTS = ROOT / "experiments" / "results"
 SHOWN = 20  # differences listed per study and dataset (the count says how many more)

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bnjax.run.claims import Claim, Expect, every, exceeds, expectations, falls_below, mean_above, paired
+from bnjax.claims import Claim, Expect, every, exceeds, expectations, falls_below, mean_above, paired
 from bnjax.run.report import brief, fmt, save_figure
 
 SOURCES_SAY = ("renorm matches BN at large batches and beats it at small ones (Ioffe 2017); GN, LN, RMS norm flat in "

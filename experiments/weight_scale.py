@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 
-from bnjax.run.claims import Claim, Expect, Finding, every_seed, exceeds, expectations, falls_below, paired, seeds
+from bnjax.claims import Claim, Expect, Finding, every_seed, exceeds, expectations, falls_below, paired, seeds
 from bnjax.run.report import brief, fmt, loss_tail, plot_metric_vs_axis
 
 SOURCES_SAY = "no norm stuck at small init, blows up at ws 1; BN learns everywhere"

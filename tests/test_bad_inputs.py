@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from bnjax.run import cli
+from bnjax import cli
 from bnjax.run._rundir import acquire_lock, inspect_run_dir
 from bnjax.run.config import load_config, resolved_raw
 from bnjax.run.results import jsonable

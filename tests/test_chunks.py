@@ -14,7 +14,7 @@ from train_helpers import TOY_CFG, TOY_SPEC, toy_data
 
 import bnjax
 from bnjax._typing import FieldError
-from bnjax.run import cli
+from bnjax import cli
 from bnjax.train import Member, TrainConfig, init_ensemble, init_train_state, resolve_members, train_ensemble
 from bnjax.train import _chunks
 from bnjax.train._members import seed_key_data

@@ -1,4 +1,4 @@
-"""Verdict rules (bnjax.run.claims): seed-by-seed decisions, the interval over seeds, per-dataset expectations and
+"""Verdict rules (bnjax.claims): seed-by-seed decisions, the interval over seeds, per-dataset expectations and
 the four verdict words, checked against numbers worked out by hand."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from bnjax.run.claims import (
+from bnjax.claims import (
     DIFFERS,
     FAIL,
     INCONCLUSIVE,

@@ -2,7 +2,7 @@
 
 import bnjax.nn
 from bnjax.nn import GradCheckRow
-from bnjax.run.cli import main
+from bnjax.cli import main
 
 LAYERS = {"batch_norm (N,D)": {"x", "scale", "bias"}, "batch_norm (N,H,W,C)": {"x", "scale", "bias"},
           "layer_norm": {"x", "scale", "bias"}, "dropout": {"x"}}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bnjax.run._platform import CACHE_ENV, compile_cache_dir, compile_cache_wanted
+from bnjax.launch._platform import CACHE_ENV, compile_cache_dir, compile_cache_wanted
 
 CONFIG = """
 [study]

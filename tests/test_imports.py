@@ -24,7 +24,10 @@ ALLOWED = {
     "train": {"base", "nn", "train"},
     "interop": {"base", "nn", "interop"},
     "bench": {"base", "nn", "train", "bench"},
-    "run": {"base", "nn", "data", "train", "bench", "run"},
+    "launch": {"base", "launch"},
+    "run": {"base", "nn", "data", "train", "run"},
+    "stored": {"base", "nn", "data", "train", "run", "stored"},
+    "cli": {"base", "nn", "data", "train", "bench", "launch", "run", "stored", "cli"},
 }
 
 
@@ -33,10 +36,10 @@ def _layer(module: str) -> str | None:
     parts = module.split(".")
     if parts[0] != "bnjax" or len(parts) == 1:
         return None
-    if parts[1] in ("nn", "data", "train", "bench", "run", "interop"):
+    if parts[1] in ("nn", "data", "train", "bench", "launch", "run", "stored", "interop", "cli"):
         return parts[1]
-    base = {"_typing", "_faults", "_io", "_machine"}
-    return "base" if parts[1] in base else {"flax": "interop", "__main__": "run"}[parts[1]]
+    base = {"_typing", "_faults", "_io", "_machine", "claims"}
+    return "base" if parts[1] in base else {"flax": "interop", "__main__": "cli"}[parts[1]]
 
 
 def _module_name(path: Path) -> str:

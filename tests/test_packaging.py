@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from bnjax.run import cli
+from bnjax import cli
 from bnjax.run._studies import find_config, shipped_configs_dir
 from bnjax.run.config import load_config
 
@@ -78,7 +78,7 @@ def test_wheel_ships_the_package_and_every_study(wheel):
     # One copy in the repository, nothing else at the top of site-packages.
     assert {n.split("/")[0] for n in names} == {"bnjax", "bnjax-0.1.0.dist-info"}
     entry_points = zipfile.ZipFile(wheel).read("bnjax-0.1.0.dist-info/entry_points.txt").decode()
-    assert "bnjax = bnjax.run.cli:main" in entry_points
+    assert "bnjax = bnjax.cli:main" in entry_points
 
 
 def test_wheel_layout_finds_its_studies_and_analyses(wheel, tmp_path):

@@ -114,7 +114,7 @@ def test_read_metrics_keeps_the_last_copy_and_skips_a_torn_line(tmp_path):
 
 
 ANALYSIS = '''
-from bnjax.run.claims import Claim, Expect, every_seed, exceeds, paired
+from bnjax.claims import Claim, Expect, every_seed, exceeds, paired
 from bnjax.run.report import Figure
 
 def analyze(results):
@@ -180,7 +180,7 @@ def test_write_report_refuses_objects_that_are_not_claims(tmp_path):
     mod_path = tmp_path / "bad_analysis.py"
     mod_path.write_text("from types import SimpleNamespace\n"
                         "def analyze(results):\n    return [SimpleNamespace(text='t', passed=True, evidence='e')]\n")
-    with pytest.raises(TypeError, match=r"analyze\(\) must return bnjax.run.claims.Claim objects, got SimpleNamespace"):
+    with pytest.raises(TypeError, match=r"analyze\(\) must return bnjax.claims.Claim objects, got SimpleNamespace"):
         write_report(toy_results(tmp_path), load_analysis(mod_path))
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from bnjax.run._errors import RunError
-from bnjax.run.stored import Stored, load_stored, store_summary
+from bnjax.stored import Stored, load_stored, store_summary
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "experiments" / "results"

@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnjax.run import cli, runner
+from bnjax import cli
+from bnjax.run import runner
 from bnjax.run._errors import RunError
 from bnjax.run._rundir import MetricsLog, acquire_lock, checkpoint_files, inspect_run_dir, kept_message
 from bnjax.run.results import read_metrics

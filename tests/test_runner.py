@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from bnjax.data import FASHION_MNIST_DIR
-from bnjax.run import cli, runner
+from bnjax import cli
+from bnjax.run import runner
 from bnjax.run.results import read_metrics
 
 TOY_CONFIG = """\

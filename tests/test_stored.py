@@ -9,10 +9,10 @@ import pytest
 from test_report import toy_results
 
 from bnjax.run._errors import RunError
-from bnjax.run.cli import main
+from bnjax.cli import main
 from bnjax.run.config import resolved_raw
 from bnjax.run.results import save_variant
-from bnjax.run.stored import compare_summaries, load_stored, store_run, store_summary
+from bnjax.stored import compare_summaries, load_stored, store_run, store_summary
 
 
 def summary(study="toy", dataset="mnist1d", **extra):

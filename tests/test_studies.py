@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bnjax.run import cli
-from bnjax.run.claims import VERDICTS
+from bnjax import cli
+from bnjax.claims import VERDICTS
 from bnjax.run.config import load_config
 from bnjax.run.report import load_analysis, write_report
 from bnjax.run.results import StudyResults, VariantResult

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from bnjax.run._errors import RunError
-from bnjax.run.cli import main
-from bnjax.run.stored import store_summary
-from bnjax.run.tables import check_tables, claim_cell, generate, readme_cell, write_tables
+from bnjax.cli import main
+from bnjax.stored import store_summary
+from bnjax.stored._tables import check_tables, claim_cell, generate, readme_cell, write_tables
 
 REPO = Path(__file__).resolve().parents[1]
 

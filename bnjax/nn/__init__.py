@@ -44,7 +44,7 @@ from bnjax.nn._rms_norm import rms_norm as rms_norm
 from bnjax.nn._rms_norm import rms_norm_init as rms_norm_init
 from bnjax.nn._stats import compute_stats as compute_stats
 from bnjax.nn._stats import normalize_affine as normalize_affine
-from bnjax.nn._stats import update_running_stats as update_running_stats
+from bnjax.nn._batch_norm import update_running_stats as update_running_stats
 from bnjax.nn._conv import Conv as Conv
 from bnjax.nn._conv import conv as conv
 from bnjax.nn._conv import conv_init as conv_init

@@ -16,7 +16,6 @@ from bnjax.nn._stats import (
     group_count,
     normalize_affine,
     normalize_affine_autodiff,
-    update_running_stats,
 )
 
 AVERAGES = ("ema", "cumulative", "debiased")
@@ -54,22 +53,10 @@ def _broadcast_shape(ndim: int, axis: int, size: int) -> tuple[int, ...]:
     return tuple(size if i == axis else 1 for i in range(ndim))
 
 
-def batch_norm(
-    params: Params,
-    batch_stats: State,
-    x: Array,
-    train: bool,
-    *,
-    key: PRNGKey | None = None,
-    axis: int = -1,
-    momentum: Any = 0.9,
-    eps: float = 1e-5,
-    average: str = "ema",
-    unbiased_var: bool = False,
-    axis_name: AxisName | None = None,
-    mask: Array | None = None,
-    grad: str = "analytic",
-) -> tuple[Array, State]:
+def batch_norm(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
+               axis: int = -1, momentum: Any = 0.9, eps: float = 1e-5, average: str = "ema", unbiased_var: bool = False,
+               axis_name: AxisName | None = None, mask: Array | None = None, grad: str = "analytic"
+               ) -> tuple[Array, State]:
     """Batch normalization over every axis of ``x`` but the feature ``axis``.
 
     Train mode (``train=True``), per feature over the ``n`` values of the batch (and spatial) axes::
@@ -156,6 +143,20 @@ def batch_norm(
     return y.astype(x.dtype), new_stats
 
 
+def check_train_args(fn: str, params: Params, batch_stats: State, x: Array, train: bool, *, axis: int,
+                     average: str, grad: str, momentum: Any, eps: float) -> tuple[Array, int, int, float] | None:
+    """The checks a batch-norm variant (ghost, renorm) starts with: None in eval mode (after checking ``train``
+    and ``x``; the caller returns :func:`batch_norm`'s eval output), else ``(x, feature_axis, num_features,
+    eps)`` checked for training."""
+    _checks.check_train(fn, train)
+    x = _checks.check_float_input(fn, x)
+    if not train:
+        return None
+    x, feat, num = check_batch_norm_args(fn, params, batch_stats, x, axis=axis, average=average, grad=grad,
+                                         momentum=momentum)
+    return x, feat, num, _checks.check_eps(fn, eps)
+
+
 def check_batch_norm_args(
     fn: str,
     params: Params,
@@ -209,6 +210,52 @@ def check_train_batch(fn: str, x: Array, num: int, axis_name: Any = None, mask: 
             f"and the output would be just the bias. Use a batch of at least 2, pass axis_name= to share the "
             f"statistics across a vmap/shard_map axis, or train=False to normalise with the running statistics."
         )
+
+
+def update_running_stats(
+    batch_stats: dict[str, Array],
+    mean: Array,
+    var: Array,
+    *,
+    momentum: Any = 0.9,
+    average: str = "ema",
+) -> dict[str, Array]:
+    """The running-statistics rule, applied to ``{"mean", "var"[, "count"]}``.
+
+    * ``average="ema"``: ``new = momentum * old + (1 - momentum) * batch`` (CS231n/Flax/Keras convention;
+      torch's ``momentum`` is ``1 - momentum`` here). ``momentum`` may be a traced array.
+    * ``average="cumulative"``: the simple average of every batch statistic seen so far,
+      ``new = old + (batch - old) / (count + 1)``, ``count += 1`` (torch ``momentum=None``). The initial
+      values get zero weight, so after k batches the result is the plain mean of the k batch statistics.
+    * ``average="debiased"``: the zero-debiased EMA ``H_t / (1 - momentum**t)`` with
+      ``H_t = momentum * H_{t-1} + (1 - momentum) * batch_t``, ``H_0 = 0`` (Haiku's ``zero_debias``), kept
+      directly in debiased form: ``new = old + (batch - old) * (1 - momentum) / (1 - momentum**t)`` with
+      ``t = count + 1``. The first batch replaces the initial values; later it tends to the plain EMA;
+      ``momentum = 1`` gives the cumulative average (the limit of the weight).
+
+    Returns a new dict; the stored dtypes are kept.
+    """
+    old_mean, old_var = batch_stats["mean"], batch_stats["var"]
+    if average == "ema":
+        m = jnp.asarray(momentum, compute_dtype(old_mean.dtype))
+        return {
+            "mean": (m * old_mean + (1.0 - m) * mean).astype(old_mean.dtype),
+            "var": (m * old_var + (1.0 - m) * var).astype(old_var.dtype),
+        }
+    count = batch_stats["count"]
+    cdt = compute_dtype(old_mean.dtype)
+    t = count.astype(cdt) + 1.0
+    if average == "cumulative":
+        w = 1.0 / t
+    else:  # debiased
+        m = jnp.asarray(momentum, cdt)
+        safe = jnp.where(m < 1.0, m, 0.0)
+        w = jnp.where(m < 1.0, (1.0 - safe) / (1.0 - safe**t), 1.0 / t)
+    return {
+        "mean": (old_mean + (mean - old_mean) * w).astype(old_mean.dtype),
+        "var": (old_var + (var - old_var) * w).astype(old_var.dtype),
+        "count": count + 1,
+    }
 
 
 def running_stats_after_batch(

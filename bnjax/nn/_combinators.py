@@ -99,18 +99,9 @@ def init_layers(layers: tuple[tuple[str, Layer], ...], key: PRNGKey, **options: 
     return params, stats
 
 
-def apply_layers(
-    layers: tuple[tuple[str, Layer], ...],
-    params: Params,
-    batch_stats: State,
-    x: Array,
-    train: bool,
-    *,
-    key: PRNGKey | None = None,
-    start: int = 0,
-    tap: Callable[[str, Layer, Array], None] | None = None,
-    **options: Any,
-) -> tuple[Array, State]:
+def apply_layers(layers: tuple[tuple[str, Layer], ...], params: Params, batch_stats: State, x: Array, train: bool, *,
+                 key: PRNGKey | None = None, start: int = 0, tap: Callable[[str, Layer, Array], None] | None = None,
+                 **options: Any) -> tuple[Array, State]:
     """``apply`` of a composition, the one place that derives the per-layer keys and routes options.
 
     Layer ``i`` gets ``jax.random.fold_in(key, i)`` and the options it declares (options no layer reads are

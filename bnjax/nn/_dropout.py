@@ -17,17 +17,8 @@ def dropout_init() -> tuple[Params, State]:
     return {}, {}
 
 
-def dropout(
-    params: Params,
-    batch_stats: State,
-    x: Array,
-    train: bool,
-    *,
-    key: PRNGKey | None = None,
-    rate: Any = 0.5,
-    broadcast_dims: Sequence[int] = (),
-    row_index: Any = None,
-) -> tuple[Array, State]:
+def dropout(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None, rate: Any = 0.5,
+            broadcast_dims: Sequence[int] = (), row_index: Any = None) -> tuple[Array, State]:
     """Inverted dropout; ``rate`` is the probability of **dropping** a unit.
 
     Train mode: ``y = x * mask / (1 - rate)`` with ``mask ~ Bernoulli(1 - rate)``, so ``E[y] = x``; eval

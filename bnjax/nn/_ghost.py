@@ -7,30 +7,17 @@ from typing import Any
 import jax.numpy as jnp
 
 from bnjax._typing import Array, Params, PRNGKey, State
-from bnjax.nn import _checks
 from bnjax.nn._batch_norm import (
     batch_norm,
-    check_batch_norm_args,
+    check_train_args,
     running_stats_after_batch,
 )
 from bnjax.nn._stats import compute_dtype, normalize_affine, normalize_affine_autodiff
 
 
-def ghost_batch_norm(
-    params: Params,
-    batch_stats: State,
-    x: Array,
-    train: bool,
-    *,
-    virtual_batch_size: int,
-    key: PRNGKey | None = None,
-    axis: int = -1,
-    momentum: Any = 0.9,
-    eps: float = 1e-5,
-    average: str = "ema",
-    unbiased_var: bool = False,
-    grad: str = "analytic",
-) -> tuple[Array, State]:
+def ghost_batch_norm(params: Params, batch_stats: State, x: Array, train: bool, *, virtual_batch_size: int,
+                     key: PRNGKey | None = None, axis: int = -1, momentum: Any = 0.9, eps: float = 1e-5,
+                     average: str = "ema", unbiased_var: bool = False, grad: str = "analytic") -> tuple[Array, State]:
     """Batch norm whose training statistics come from "ghost" sub-batches of ``virtual_batch_size`` rows.
 
     The batch axis (axis 0, size ``N``) is cut into ``K = N / v`` consecutive chunks of ``v =
@@ -71,14 +58,11 @@ def ghost_batch_norm(
       ``(y, new_batch_stats)``; ``y`` has the shape and dtype of ``x``.
     """
     fn = "ghost_batch_norm"
-    _checks.check_train(fn, train)
-    x = _checks.check_float_input(fn, x)
-    if not train:
+    checked = check_train_args(fn, params, batch_stats, x, train, axis=axis, average=average, grad=grad,
+                               momentum=momentum, eps=eps)
+    if checked is None:  # eval mode: the running statistics, as batch norm
         return batch_norm(params, batch_stats, x, False, axis=axis, eps=eps, average=average)
-    x, feat, num = check_batch_norm_args(
-        fn, params, batch_stats, x, axis=axis, average=average, grad=grad, momentum=momentum
-    )
-    eps = _checks.check_eps(fn, eps)
+    x, feat, num, eps = checked
     if feat == 0:
         raise ValueError(f"{fn}: axis={axis!r} is the batch axis 0; the feature axis must be another axis.")
     n_rows = x.shape[0]

@@ -49,18 +49,9 @@ def _resolve_groups(fn: str, channels: int, num_groups: int | None, group_size: 
     return groups
 
 
-def group_norm(
-    params: Params,
-    batch_stats: State,
-    x: Array,
-    train: bool,
-    *,
-    key: PRNGKey | None = None,
-    num_groups: int | None = None,
-    group_size: int | None = None,
-    eps: float = 1e-5,
-    grad: str = "analytic",
-) -> tuple[Array, State]:
+def group_norm(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
+               num_groups: int | None = None, group_size: int | None = None, eps: float = 1e-5,
+               grad: str = "analytic") -> tuple[Array, State]:
     """Group normalization of a channels-last input ``(N, ..., C)``.
 
     The ``C`` channels are split into ``G`` contiguous groups of ``C/G``; each sample is normalised per group
@@ -77,19 +68,10 @@ def group_norm(
     Gradients: ``grad="analytic"`` uses :func:`bnjax.normalize_affine`'s closed-form backward (the batch and
     group axes are simply not reduced); ``"autodiff"`` differentiates the plain forward (needed under ``jax.jvp``/``jax.jacfwd``; ``jax.hessian`` works with both).
 
-    Args:
-      params: ``{"scale", "bias"}`` of shape ``(C,)``.
-      batch_stats: returned unchanged (normally ``{}``).
-      x: floating input ``(N, ..., C)`` of rank >= 2.
-      train: unused; Python bool.
-      key: unused.
-      num_groups: number of groups ``G`` (must divide ``C``); default 32.
-      group_size: channels per group ``C/G`` instead of ``num_groups`` (give at most one of the two).
-      eps: added to the variance inside the square root.
-      grad: ``"analytic"`` or ``"autodiff"``.
-
-    Returns:
-      ``(y, batch_stats)``; ``y`` has the shape and dtype of ``x``.
+    ``params`` is ``{"scale", "bias"}`` of shape ``(C,)``; ``x`` a floating ``(N, ..., C)`` of rank >= 2;
+    ``num_groups`` the number of groups ``G`` (dividing ``C``; default 32), or ``group_size`` the channels per
+    group ``C/G`` instead (give at most one); ``eps`` is added to the variance inside the root; ``batch_stats``,
+    ``train``, ``key``, ``grad`` and the result ``(y, batch_stats)`` are as :func:`bnjax.layer_norm`'s.
     """
     del key
     fn = "group_norm"

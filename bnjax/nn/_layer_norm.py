@@ -25,18 +25,9 @@ def layer_norm_init(shape: int | Sequence[int], *, dtype: Any = jnp.float32) -> 
     return {"scale": jnp.ones(shape_t, dtype), "bias": jnp.zeros(shape_t, dtype)}, {}
 
 
-def layer_norm(
-    params: Params,
-    batch_stats: State,
-    x: Array,
-    train: bool,
-    *,
-    key: PRNGKey | None = None,
-    axis: int | Sequence[int] = -1,
-    eps: float = 1e-5,
-    mask: Array | None = None,
-    grad: str = "analytic",
-) -> tuple[Array, State]:
+def layer_norm(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
+               axis: int | Sequence[int] = -1, eps: float = 1e-5, mask: Array | None = None, grad: str = "analytic"
+               ) -> tuple[Array, State]:
     """Layer normalization: each sample normalised over its feature axes.
 
     For every index of the non-feature (batch) axes, over the ``D`` values of the feature ``axis``::

@@ -11,7 +11,7 @@ from bnjax._typing import Array, Params, PRNGKey, State
 from bnjax.nn import _checks
 from bnjax.nn._batch_norm import (
     batch_norm,
-    check_batch_norm_args,
+    check_train_args,
     check_train_batch,
     running_stats_after_batch,
 )
@@ -68,24 +68,10 @@ def renorm_schedule(
     return rmax, dmax
 
 
-def batch_renorm(
-    params: Params,
-    batch_stats: State,
-    x: Array,
-    train: bool,
-    *,
-    key: PRNGKey | None = None,
-    axis: int = -1,
-    rmax: Any = 3.0,
-    dmax: Any = 5.0,
-    momentum: Any = 0.99,
-    eps: float = 1e-5,
-    average: str = "ema",
-    unbiased_var: bool = False,
-    axis_name: AxisName | None = None,
-    mask: Array | None = None,
-    grad: str = "analytic",
-) -> tuple[Array, State]:
+def batch_renorm(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
+                 axis: int = -1, rmax: Any = 3.0, dmax: Any = 5.0, momentum: Any = 0.99, eps: float = 1e-5,
+                 average: str = "ema", unbiased_var: bool = False, axis_name: AxisName | None = None,
+                 mask: Array | None = None, grad: str = "analytic") -> tuple[Array, State]:
     """Batch renormalization: batch norm corrected towards the running statistics during training.
 
     Train mode, per feature, with batch statistics ``mean_B, var_B`` (as :func:`bnjax.batch_norm`) and the
@@ -127,14 +113,11 @@ def batch_renorm(
       ``(y, new_batch_stats)``; ``y`` has the shape and dtype of ``x``.
     """
     fn = "batch_renorm"
-    _checks.check_train(fn, train)
-    x = _checks.check_float_input(fn, x)
-    if not train:
+    checked = check_train_args(fn, params, batch_stats, x, train, axis=axis, average=average, grad=grad,
+                               momentum=momentum, eps=eps)
+    if checked is None:  # eval mode: the running statistics, as batch norm
         return batch_norm(params, batch_stats, x, False, axis=axis, eps=eps, average=average)
-    x, feat, num = check_batch_norm_args(
-        fn, params, batch_stats, x, axis=axis, average=average, grad=grad, momentum=momentum
-    )
-    eps = _checks.check_eps(fn, eps)
+    x, feat, num, eps = checked
     _checks.check_in_range(fn, "rmax", rmax, 1.0, float("inf"))
     _checks.check_in_range(fn, "dmax", dmax, 0.0, float("inf"))
     mask = _checks.check_mask(fn, mask, x.shape)

@@ -101,17 +101,8 @@ def rms_norm_init(shape: int | Sequence[int], *, dtype: Any = jnp.float32) -> tu
     return {"scale": jnp.ones(shape_t, dtype)}, {}
 
 
-def rms_norm(
-    params: Params,
-    batch_stats: State,
-    x: Array,
-    train: bool,
-    *,
-    key: PRNGKey | None = None,
-    axis: int | Sequence[int] = -1,
-    eps: float = 1e-6,
-    grad: str = "analytic",
-) -> tuple[Array, State]:
+def rms_norm(params: Params, batch_stats: State, x: Array, train: bool, *, key: PRNGKey | None = None,
+             axis: int | Sequence[int] = -1, eps: float = 1e-6, grad: str = "analytic") -> tuple[Array, State]:
     """RMS normalization: each sample scaled by the root mean square of its feature axes.
 
     For every index of the non-feature axes, over the ``D`` values of the feature ``axis``::
@@ -125,18 +116,9 @@ def rms_norm(
     Gradients: ``grad="analytic"`` uses the closed-form backward of :func:`normalize_rms`; ``"autodiff"``
     differentiates the plain forward (needed under ``jax.jvp``/``jax.jacfwd``; ``jax.hessian`` works with both).
 
-    Args:
-      params: ``{"scale"}`` with the shape of ``x`` on the feature axes.
-      batch_stats: returned unchanged (normally ``{}``).
-      x: floating input, e.g. ``(N, D)`` or ``(N, T, D)``.
-      train: unused; Python bool.
-      key: unused.
-      axis: feature axis or axes (default ``-1``).
-      eps: added to the mean square inside the root.
-      grad: ``"analytic"`` or ``"autodiff"``.
-
-    Returns:
-      ``(y, batch_stats)``; ``y`` has the shape and dtype of ``x``.
+    ``params`` is ``{"scale"}`` with the shape of ``x`` on the feature axes; ``eps`` is added to the mean square
+    inside the root; ``batch_stats``, ``x``, ``train``, ``key``, ``axis``, ``grad`` and the result ``(y,
+    batch_stats)`` are as :func:`bnjax.layer_norm`'s.
     """
     del key
     fn = "rms_norm"

@@ -12,7 +12,7 @@ plots (``plots``), notes (``notes``) and the one-line texts of the README's resu
     SOURCES_SAY = "what the sources claim, one line"                            # optional     numbers and text
 
 A claim's verdict (PASS, FAIL, DIFFERS, INCONCLUSIVE) is computed by the analysis module from the numbers, with the
-rules of :mod:`bnjax.run.claims` (seed-by-seed decisions against the expectations of the dataset in use); this
+rules of :mod:`bnjax.claims` (seed-by-seed decisions against the expectations of the dataset in use); this
 module only lays it out, with a legend of the verdict words and a one-line note under each DIFFERS/INCONCLUSIVE
 (for INCONCLUSIVE: how many seeds would decide it). The fields of ``summary.json``: :mod:`bnjax.run.summary`.
 """
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from bnjax.run._schema import import_file
-from bnjax.run.claims import DATASET_TITLES, LEGEND, VERDICTS, Claim
+from bnjax.claims import DATASET_TITLES, LEGEND, VERDICTS, Claim
 from bnjax.run.results import StudyResults, VariantResult
 from bnjax.run.summary import build_summary, software_line, verdict_counts
 
@@ -360,7 +360,7 @@ def _run_claims(module: types.ModuleType | None, results: StudyResults) -> list[
     claims = list(module.analyze(results))
     for c in claims:
         if not isinstance(c, Claim):
-            raise TypeError(f"analyze() must return bnjax.run.claims.Claim objects, got {type(c).__name__}.")
+            raise TypeError(f"analyze() must return bnjax.claims.Claim objects, got {type(c).__name__}.")
     return claims
 
 

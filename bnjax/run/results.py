@@ -80,10 +80,6 @@ def save_variant(run_dir: Path, v: VariantResult) -> None:
         f, loss_history=np.asarray(v.loss_history), diverged_step=np.asarray(v.diverged_step), **arrays))
 
 
-def is_finished(run_dir: Path, name: str) -> bool:
-    return (variant_dir(run_dir, name) / "history.npz").is_file()
-
-
 def load_variant(run_dir: Path, name: str) -> VariantResult:
     """Reads what :func:`save_variant` wrote."""
     d = variant_dir(run_dir, name)

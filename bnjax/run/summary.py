@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from bnjax.run.claims import INCONCLUSIVE, VERDICTS, Claim, dataset_of
+from bnjax.claims import INCONCLUSIVE, VERDICTS, Claim, dataset_of
 from bnjax.run.config import resolved_raw
 from bnjax.run.results import StudyResults, jsonable
 
@@ -80,21 +80,30 @@ def claim_record(claim: Claim) -> dict[str, Any]:
 
 def parse_command(command: str | None) -> dict[str, Any] | None:
     """``{"config": ..., "overrides": [...]}`` of a ``bnjax run`` command line (as ``run.json`` records it), or
-    None for anything else. ``--out``, ``--resume``, ``--quiet`` and the multi-process options are left out: they
-    do not change the results."""
-    from bnjax.run.cli import build_parser
-
+    None for anything else. Only the config and the ``--set`` options are kept: ``--out``, ``--resume``,
+    ``--quiet`` and the placement options do not change the results."""
     try:
         words = shlex.split(command or "")
     except ValueError:
         return None
-    if len(words) < 2 or Path(words[0]).name != "bnjax" or words[1] != "run":
+    if len(words) < 3 or Path(words[0]).name != "bnjax" or words[1] != "run":
         return None
-    try:
-        args = build_parser().parse_args(words[1:])
-    except SystemExit:  # argparse printed why
-        return None
-    return {"config": args.config, "overrides": [o for group in args.set for o in group]}
+    config, overrides, in_set, takes_value = None, [], False, False
+    for word in words[2:]:
+        if takes_value:
+            takes_value = False
+        elif word.startswith("-"):
+            in_set = word == "--set"
+            takes_value = not in_set and "=" not in word and word not in _RUN_FLAGS
+        elif in_set:
+            overrides.append(word)
+        elif config is None:
+            config = word
+    return None if config is None else {"config": config, "overrides": overrides}
+
+
+_RUN_FLAGS = frozenset({"--resume", "--quiet", "--no-compile-cache", "--debug"})
+"""The options of ``bnjax run`` that take no value."""
 
 
 def _portable(raw: dict[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from typing import Any
 
 import jax
 
-from bnjax.run._schema import ConfigError
+from bnjax.launch import LaunchError
 
 __all__ = ["CACHE_ENV", "DistributedArgs", "compile_cache_dir", "compile_cache_wanted", "enable_compile_cache",
            "join_distributed", "multi_process_requested", "set_cpu_devices"]
@@ -42,13 +42,13 @@ def _backends_started() -> bool:
 def set_cpu_devices(n: int) -> None:
     """Split the host CPU into ``n`` JAX devices (XLA's host-platform device count).
 
-    Must run before JAX first touches a device. Raises ConfigError for ``n < 1`` or when JAX has already
+    Must run before JAX first touches a device. Raises LaunchError for ``n < 1`` or when JAX has already
     started its backends in this process.
     """
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise ConfigError(f"--cpu-devices={n!r} must be a positive int, e.g. --cpu-devices 2.")
+        raise LaunchError(f"--cpu-devices={n!r} must be a positive int, e.g. --cpu-devices 2.")
     if _backends_started():
-        raise ConfigError("--cpu-devices: JAX has already started its devices in this process; set it before any "
+        raise LaunchError("--cpu-devices: JAX has already started its devices in this process; set it before any "
                           "computation (the bnjax CLI does this first).")
     jax.config.update("jax_num_cpu_devices", n)
 
@@ -111,23 +111,23 @@ _ADDRESS = re.compile(r"^(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9_.-]+):(\d{1,5})$")
 
 
 def check_distributed_args(a: DistributedArgs) -> None:
-    """Raises ConfigError naming the flag when the explicit multi-process flags are incomplete or out of range."""
+    """Raises LaunchError naming the flag when the explicit multi-process flags are incomplete or out of range."""
     given = [a.coordinator is not None, a.num_processes is not None, a.process_id is not None]
     if not any(given):
         return
     if not all(given):
-        raise ConfigError("a multi-process run needs all three of --coordinator HOST:PORT, --num-processes N and "
+        raise LaunchError("a multi-process run needs all three of --coordinator HOST:PORT, --num-processes N and "
                           "--process-id I (or none of them, where JAX detects the cluster itself).")
     m = _ADDRESS.match(a.coordinator)
     if m is None or not 0 < int(m.group(2)) < 65536:
-        raise ConfigError(f"--coordinator={a.coordinator!r} must be HOST:PORT with a port in 1..65535, e.g. "
+        raise LaunchError(f"--coordinator={a.coordinator!r} must be HOST:PORT with a port in 1..65535, e.g. "
                           f"127.0.0.1:12355.")
     if a.num_processes < 1:
-        raise ConfigError(f"--num-processes={a.num_processes} must be at least 1.")
+        raise LaunchError(f"--num-processes={a.num_processes} must be at least 1.")
     if a.timeout_s < 1:
-        raise ConfigError(f"--timeout={a.timeout_s} must be at least 1 (seconds).")
+        raise LaunchError(f"--timeout={a.timeout_s} must be at least 1 (seconds).")
     if not 0 <= a.process_id < a.num_processes:
-        raise ConfigError(f"--process-id={a.process_id} is out of range for --num-processes={a.num_processes}; "
+        raise LaunchError(f"--process-id={a.process_id} is out of range for --num-processes={a.num_processes}; "
                           f"use 0..{a.num_processes - 1}.")
 
 
@@ -147,13 +147,13 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
         except OSError as e:
             last = e
             time.sleep(0.2)
-    raise ConfigError(f"--coordinator={address}: no coordinator answered within {timeout_s} s ({last}); start "
+    raise LaunchError(f"--coordinator={address}: no coordinator answered within {timeout_s} s ({last}); start "
                       f"process 0 with the same --coordinator, or check the address.")
 
 
 def multi_process_requested(args: DistributedArgs) -> bool:
     """Whether this command is one process of several: explicit flags with ``num_processes > 1``, or none and a
-    cluster JAX detects by itself. Raises ConfigError for bad flags."""
+    cluster JAX detects by itself. Raises LaunchError for bad flags."""
     check_distributed_args(args)
     if args.num_processes is not None:
         return args.num_processes > 1
@@ -175,7 +175,7 @@ def join_distributed(args: DistributedArgs) -> bool:
     With explicit ``coordinator``/``num_processes``/``process_id`` those are passed on; with none of them,
     ``jax.distributed.initialize()`` is called only where JAX can detect the cluster (SLURM, Open MPI, a TPU pod
     slice, ``JAX_COORDINATOR_ADDRESS``). On CPU the collectives go over gloo. A coordinator that cannot be reached
-    within ``timeout_s`` is a ConfigError naming it; a peer that stops sending heartbeats for ``heartbeat_s``
+    within ``timeout_s`` is a LaunchError naming it; a peer that stops sending heartbeats for ``heartbeat_s``
     makes JAX stop the other processes.
     """
     if not multi_process_requested(args):
@@ -196,5 +196,5 @@ def join_distributed(args: DistributedArgs) -> bool:
     except Exception as e:  # JAX raises RuntimeError/XlaRuntimeError/ValueError depending on the failure
         where = args.coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS") or "the detected cluster"
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConfigError(f"could not join the multi-process run at {where} within {args.timeout_s} s: {first[:300]}")
+        raise LaunchError(f"could not join the multi-process run at {where} within {args.timeout_s} s: {first[:300]}")
     return True

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from bnjax.run._errors import RunError
-from bnjax.run.claims import DATASET_TITLES
+from bnjax.claims import DATASET_TITLES
 from bnjax.run.report import markdown_table
-from bnjax.run.stored import Stored, load_stored
+from bnjax.stored._summaries import Stored, load_stored
 from bnjax.run.summary import software_line
 
 __all__ = ["README_MARKERS", "check_tables", "generate", "readme_table", "references_block", "study_markers",

@@ -1,4 +1,5 @@
-"""The ``bnjax`` command line: parses arguments and calls the library; no logic of its own."""
+"""The ``bnjax`` command line (``run``, ``report``, ``list``, ``gradcheck``, ``bench``): parses arguments and calls
+the library; no logic of its own."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     else:
         print(f"results: {out}/report.md ({summary['passed']}/{summary['total']} claims PASS)")
         if args.store:
-            from bnjax.run.stored import store_summary
+            from bnjax.stored._summaries import store_summary
 
             print(f"stored: {store_summary(summary, args.store)}")
     return 0
@@ -82,7 +83,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
         _report_run(args)
     if args.table is None:
         return 0
-    from bnjax.run.tables import check_tables, write_tables
+    from bnjax.stored._tables import check_tables, write_tables
 
     if args.check:
         differences = check_tables(args.table, args.readme, args.references)
@@ -101,7 +102,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _report_run(args: argparse.Namespace) -> None:
     from bnjax.run.runner import rebuild_report
-    from bnjax.run.stored import store_run
+    from bnjax.stored._summaries import store_run
 
     run_dir = args.run_dir.rstrip("/")
     if args.store:
@@ -151,10 +152,10 @@ def _setup_processes(args: argparse.Namespace, argv: list[str] | None) -> int | 
     and, in the launching process, the supervised child that does the work (returns its exit code).
 
     JAX's distributed runtime ends a process whose peer died with a C++ abort that Python cannot catch; the
-    supervisor (:mod:`bnjax.run._launch`) turns that into one line with the command that resumes the run.
+    supervisor (:mod:`bnjax.launch._supervisor`) turns that into one line with the command that resumes the run.
     """
-    from bnjax.run._launch import is_child, run_supervised, watch_parent
-    from bnjax.run._platform import DistributedArgs, multi_process_requested, set_cpu_devices
+    from bnjax.launch._supervisor import is_child, run_supervised, watch_parent
+    from bnjax.launch._platform import DistributedArgs, multi_process_requested, set_cpu_devices
     from bnjax.run._schema import ConfigError
 
     args.distributed = None
@@ -301,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if e.code is None else int(e.code) if isinstance(e.code, int) else 2
     if args.command == "run":
         args.argv = argv
+    from bnjax.launch import LaunchError
     from bnjax.run._errors import RunError, RunInterrupted
     from bnjax.run._rundir import describe_error, kept_message
     from bnjax.run._schema import ConfigError
@@ -318,12 +320,12 @@ def main(argv: list[str] | None = None) -> int:
             if supervised is not None:
                 return supervised
         if hasattr(args, "no_compile_cache"):
-            from bnjax.run._platform import compile_cache_wanted, enable_compile_cache
+            from bnjax.launch._platform import compile_cache_wanted, enable_compile_cache
 
             if compile_cache_wanted(args.no_compile_cache):
                 enable_compile_cache()
         if args.command == "run" and args.distributed is not None:
-            from bnjax.run._platform import join_distributed
+            from bnjax.launch._platform import join_distributed
 
             join_distributed(args.distributed)
         return int(args.func(args) or 0)
@@ -340,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: interrupted (Ctrl-C).", file=sys.stderr)
         return 130
     except RuntimeError as e:
-        from bnjax.run._launch import PEER_FAILURE, is_child, is_peer_failure
+        from bnjax.launch._supervisor import PEER_FAILURE, is_child, is_peer_failure
 
         if getattr(args, "distributed", None) is None or not is_child() or not is_peer_failure(e):
             raise
@@ -356,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         sys.stderr.flush()
         os._exit(2)
-    except (ConfigError, RunError, CheckpointError, OSError) as e:
+    except (ConfigError, LaunchError, RunError, CheckpointError, OSError) as e:
         # Mistakes in a config, a path, a data file, a results directory or a checkpoint, and a full or
         # read-only disk: one clear message, no traceback (unless --debug).
         if args.debug:

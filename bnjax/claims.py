@@ -36,7 +36,7 @@ gives the same verdict.
 
 Writing a claim (the API the study modules use; ``experiments/bn_vs_baseline.py`` is a complete example)::
 
-    from bnjax.run.claims import Claim, Expect, every_seed, exceeds, expectations, paired
+    from bnjax.claims import Claim, Expect, every_seed, exceeds, expectations, paired
 
     EXPECT = {                                   # per dataset; "default" serves datasets without a table
         "default": {"train_gap": Expect(0.0), "epoch1": Expect(0.0)},
