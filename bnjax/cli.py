@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_gradcheck(args: argparse.Namespace) -> int:
@@ -194,22 +195,8 @@ def _checkpoint_every(text: str) -> float | str:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    # --debug is accepted before and after the command (`bnjax --debug run ...`, `bnjax run ... --debug`).
-    debug_help = "on an error, also print the Python traceback"
-    parser = argparse.ArgumentParser(prog="bnjax", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help=debug_help)
-    common = argparse.ArgumentParser(add_help=False)  # SUPPRESS: an absent sub-command flag keeps the main one
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("gradcheck", parents=[common],
-                       help="check every layer's analytic gradient against autodiff and finite differences")
-    p.add_argument("--seed", type=int, default=231, help="NumPy seed of the inputs (default 231, as CS231n)")
-    p.add_argument("--h", type=float, default=1e-5, help="finite-difference step (default 1e-5)")
-    p.add_argument("--tol", type=float, default=1e-7, help="largest relative error that passes (default 1e-7)")
-    p.set_defaults(func=_cmd_gradcheck)
-
+def _add_run_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    """The ``bnjax run`` sub-command's arguments."""
     p = sub.add_parser("run", parents=[common],
                        help="run a study config: train its variants, write metrics, plots and a verdict report")
     p.add_argument("config", help="a study name (e.g. quickstart) or a TOML file's path (e.g. configs/quickstart.toml); "
@@ -248,6 +235,25 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--timeout", type=int, default=60, metavar="S",
                       help="seconds to wait for the coordinator and the other processes to join (default 60)")
     p.set_defaults(func=_cmd_run, argv=None, out_dir=None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # --debug is accepted before and after the command (`bnjax --debug run ...`, `bnjax run ... --debug`).
+    debug_help = "on an error, also print the Python traceback"
+    parser = argparse.ArgumentParser(prog="bnjax", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help=debug_help)
+    common = argparse.ArgumentParser(add_help=False)  # SUPPRESS: an absent sub-command flag keeps the main one
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=debug_help)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("gradcheck", parents=[common],
+                       help="check every layer's analytic gradient against autodiff and finite differences")
+    p.add_argument("--seed", type=int, default=231, help="NumPy seed of the inputs (default 231, as CS231n)")
+    p.add_argument("--h", type=float, default=1e-5, help="finite-difference step (default 1e-5)")
+    p.add_argument("--tol", type=float, default=1e-7, help="largest relative error that passes (default 1e-7)")
+    p.set_defaults(func=_cmd_gradcheck)
+
+    _add_run_parser(sub, common)
 
     p = sub.add_parser("report", parents=[common],
                        help="rebuild the plots and report.md of a run directory from its saved metrics; store its "

@@ -99,6 +99,29 @@ def _count(name: str, value: Any, lo: int, hi: int, hint: str) -> int:
     return n
 
 
+def _preprocess(splits: tuple[np.ndarray, ...], *, flatten: bool, scale: float | None, center: str,
+                standardize: bool) -> tuple[np.ndarray, ...]:
+    """Steps 1-4 of :func:`prepare` on ``(x_train, x_val, x_test)``, statistics from ``x_train`` only."""
+    def inputs(x: np.ndarray) -> np.ndarray:
+        x = x.reshape(x.shape[0], int(np.prod(x.shape[1:]))) if flatten else x  # -1 fails for 0 rows
+        x = x.astype(np.float32)
+        return x * np.float32(scale) if scale is not None else x
+
+    splits = tuple(inputs(x) for x in splits)
+    if center == "train_mean":
+        mean = splits[0].mean(axis=0, dtype=np.float64).astype(np.float32)
+        splits = tuple(x - mean for x in splits)
+    if standardize:
+        # x_train is already centered, so the one-pass E[x^2] - E[x]^2 cannot cancel catastrophically (the
+        # residual mean is float32 rounding); np.std's float64 two-pass copy took 14x longer on CIFAR-10.
+        residual = splits[0].mean(axis=0, dtype=np.float64)
+        var = np.square(splits[0]).mean(axis=0, dtype=np.float64) - residual**2
+        std = np.sqrt(np.maximum(var, 0.0))
+        std = np.where(std < STD_FLOOR, 1.0, std).astype(np.float32)
+        splits = tuple(x / std for x in splits)
+    return splits
+
+
 def prepare(
     raw: RawDataset,
     *,
@@ -180,27 +203,9 @@ def prepare(
 
     perm = np.random.default_rng(seed).permutation(n)
     train_idx, val_idx = perm[:num_train], perm[n - num_val :]
-
-    def inputs(x: np.ndarray) -> np.ndarray:
-        x = x.reshape(x.shape[0], int(np.prod(x.shape[1:]))) if flatten else x  # -1 fails for 0 rows
-        x = x.astype(np.float32)
-        return x * np.float32(scale) if scale is not None else x
-
-    x_train = inputs(raw.x_train[train_idx])
-    x_val = inputs(raw.x_train[val_idx])
-    x_test = inputs(raw.x_test[:num_test])
-    if center == "train_mean":
-        mean = x_train.mean(axis=0, dtype=np.float64).astype(np.float32)
-        x_train, x_val, x_test = x_train - mean, x_val - mean, x_test - mean
-    if standardize:
-        # x_train is already centered, so the one-pass E[x^2] - E[x]^2 cannot cancel catastrophically (the
-        # residual mean is float32 rounding); np.std's float64 two-pass copy took 14x longer on CIFAR-10.
-        residual = x_train.mean(axis=0, dtype=np.float64)
-        var = np.square(x_train).mean(axis=0, dtype=np.float64) - residual**2
-        std = np.sqrt(np.maximum(var, 0.0))
-        std = np.where(std < STD_FLOOR, 1.0, std).astype(np.float32)
-        x_train, x_val, x_test = x_train / std, x_val / std, x_test / std
-
+    x_train, x_val, x_test = _preprocess(
+        (raw.x_train[train_idx], raw.x_train[val_idx], raw.x_test[:num_test]), flatten=flatten, scale=scale,
+        center=center, standardize=standardize)
     options = {
         "num_train": num_train,
         "num_val": num_val,
