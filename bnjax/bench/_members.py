@@ -28,9 +28,9 @@ def _random_draws(spec: Any, cfg: Any) -> int:
 def bench_init(ks: Sequence[int], *, rounds: int, w: Workload = FMNIST_B50) -> list[dict[str, Any]]:
     """Per K: ``init_ensemble`` of K members (seeds 0..K-1) against one jitted ``jax.random.normal`` of the
     same total count of numbers, interleaved (``init_vs_normal``: median, min, max of the ratio within each
-    round; issue 19's target is at most 3). ``init_first_s`` is the first call in this process (any tracing
-    and compiling included); ``rounds`` warm calls follow (one above 64 members, whose init took about 20 s
-    each on the 2-core CPU when this was written)."""
+    round; drawing the numbers is the work an initialisation must do, so the aim is at most 3).
+    ``init_first_s`` is the first call in this process (tracing and compiling included); ``rounds`` warm calls
+    follow (one above 64 members)."""
     rows = []
     spec, cfg = spec_cfg(w)
     draws = _random_draws(spec, cfg)
