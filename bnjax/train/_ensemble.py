@@ -11,6 +11,7 @@ checkpoint carries that epoch's metrics, which a resumed run hands to ``callback
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import time
@@ -100,10 +101,11 @@ def _as_split(data: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
     return x, y.astype(np.int32)
 
 
+@functools.lru_cache(maxsize=64)
 def _check_model(layer: Layer, cfg: TrainConfig, example: tuple[int, ...], num_classes: int, rows: int) -> None:
     """The model trains on ``rows`` rows (a device's share of a batch) and maps a batch to ``(batch,
     num_classes)`` logits (checked on shapes only, so a layer's own refusal -- e.g. ghost batches that do not
-    divide the rows -- surfaces here, before anything runs)."""
+    divide the rows -- surfaces here, before anything runs). Cached: a runner checks before it trains."""
     fn = "train_ensemble"
     params, stats = jax.eval_shape(layer.init, jax.random.key(0))
     xb = jax.ShapeDtypeStruct((cfg.batch_size, *example), jnp.float32)
