@@ -252,7 +252,7 @@ def test_resume_from_the_fallback_checkpoint_is_bit_identical(tmp_path, caplog):
     ("auto", True, [1, 5]),  # a large one: once nine times the last save (0.2 s here) has passed, and the last
 ])
 def test_when_checkpoints_are_saved(every, large, expect, tmp_path, monkeypatch):
-    from bnjax.train import _checkpoint, _ensemble
+    from bnjax.train import _checkpoint, _progress
 
     saved, real = [], _checkpoint.save_checkpoint
 
@@ -263,7 +263,7 @@ def test_when_checkpoints_are_saved(every, large, expect, tmp_path, monkeypatch)
 
     monkeypatch.setattr(_checkpoint, "save_checkpoint", save)
     if large:
-        monkeypatch.setattr(_ensemble, "AUTO_EVERY_EPOCH_BYTES", 0)
+        monkeypatch.setattr(_progress, "AUTO_EVERY_EPOCH_BYTES", 0)
     train_ensemble(TOY_SPEC, CFG, toy_data(), MEMBERS, checkpoint_dir=tmp_path, checkpoint_every=every)
     assert saved == expect
     with pytest.raises(ValueError, match=r"checkpoint_every=-1 must be 'auto' or a number of seconds >= 0"):

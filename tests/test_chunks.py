@@ -193,11 +193,11 @@ def test_a_chunk_out_of_memory_names_member_chunk_and_stays_resumable(tmp_path, 
     one line naming train.member_chunk with a smaller value; the run resumes with it and finishes."""
     import dataclasses
 
-    from bnjax.train import _ensemble
+    from bnjax.train import _calls
 
     (tmp_path / "tiny.toml").write_text(TINY)
     out = tmp_path / "out"
-    real = _ensemble.compile_programs
+    real = _calls.compile_programs
     calls = []
 
     def compile_programs(spec):
@@ -211,7 +211,7 @@ def test_a_chunk_out_of_memory_names_member_chunk_and_stays_resumable(tmp_path, 
 
         return dataclasses.replace(programs, epoch=epoch)
 
-    monkeypatch.setattr(_ensemble, "compile_programs", compile_programs)
+    monkeypatch.setattr(_calls, "compile_programs", compile_programs)
     argv = ["run", str(tmp_path / "tiny.toml"), "--out", str(out), "--quiet", "--no-compile-cache"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err
@@ -219,6 +219,6 @@ def test_a_chunk_out_of_memory_names_member_chunk_and_stays_resumable(tmp_path, 
     assert "train.member_chunk = 'auto' ran out of memory with 3 members per call" in err and "e.g. 1" in err
     assert "resume with:" in err
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
-    monkeypatch.setattr(_ensemble, "compile_programs", real)
+    monkeypatch.setattr(_calls, "compile_programs", real)
     assert cli.main([*argv, "--resume", "--set", "train.member_chunk=1"]) == 0
     assert json.loads((out / "run.json").read_text())["status"] == "complete"

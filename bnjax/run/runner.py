@@ -50,7 +50,7 @@ from bnjax.run.results import (
     variant_dir,
 )
 from bnjax.train import EnsembleResult, Parallel, TrainConfig, train_ensemble
-from bnjax.train._ensemble import check_inputs
+from bnjax.train._setup import check_inputs
 
 __all__ = ["TrainedVariant", "build_model", "default_out_dir", "load_results", "rebuild_report", "run_study"]
 
