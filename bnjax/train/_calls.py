@@ -49,12 +49,18 @@ def _program_spec(run: Run, width: int) -> ProgramSpec:
                        inputs, _layout_for(run, width), jax.config.jax_default_matmul_precision)
 
 
+def _state_bytes(run: Run) -> int:
+    """Bytes of one member's training state (parameters, statistics, optimizer state, keys)."""
+    state = jax.eval_shape(lambda: init_members(run.layer, run.cfg, *member_arrays(run.members[:1])))
+    return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state))
+
+
 def place(run: Run, log: Callable[[str], None] | None) -> Placed:
     """Plans the chunks, compiles their programs and puts the inputs on the devices."""
     t0 = time.perf_counter()
     multiple = 1 if run.layout is None else run.layout.members
     plan = plan_chunks(run.num_members, run.cfg.member_chunk, multiple,
-                       lambda width: compile_programs(_program_spec(run, width)).bytes)
+                       lambda width: compile_programs(_program_spec(run, width)).bytes, _state_bytes(run))
     if log is not None and (plan.num_chunks > 1 or run.cfg.member_chunk != "auto"):
         log(f"{plan.num_chunks} chunk(s) of members: {plan.reason}")
     spec = _program_spec(run, plan.width)

@@ -73,12 +73,16 @@ def check_member_chunk(member_chunk: int | str, num_members: int) -> None:
 
 
 def plan_chunks(num_members: int, member_chunk: int | str, multiple: int,
-                needed_bytes: Callable[[int], int]) -> ChunkPlan:
+                needed_bytes: Callable[[int], int], state_bytes: int = 0) -> ChunkPlan:
     """The chunk plan for ``member_chunk`` (an int, or ``"auto"``).
 
     ``"auto"``: all members in one call when the programs' need for that width (``needed_bytes(width)``, from
     XLA's memory analysis of the compiled programs) fits in :data:`MARGIN` of the device's free memory, else
-    the largest chunk that does, assuming the need grows in proportion to the members per call.
+    the largest chunk that does beside the other chunks' states, which stay on the device between calls
+    (``state_bytes`` per member), assuming the program's need grows in proportion to the members per call.
+
+    Raises:
+      FieldError (``member_chunk``): with ``"auto"``, the members' states alone exceed that memory.
     """
     check_member_chunk(member_chunk, num_members)
     if member_chunk != "auto":
@@ -91,9 +95,16 @@ def plan_chunks(num_members: int, member_chunk: int | str, multiple: int,
     budget = None if free is None else int(MARGIN * free)
     if not need or budget is None or need <= budget:
         return make_plan(num_members, num_members, multiple, "all members in one call")
-    size = max(multiple, (width * budget // need) // multiple * multiple)
-    size = min(size, num_members)
     gib = 2.0**30
+    resident = num_members * state_bytes  # every chunk's state, held on the device between calls
+    per_member = max(need / width - state_bytes, 1.0)  # what one more member adds to a call's working memory
+    if resident >= budget:
+        raise FieldError("TrainConfig", "member_chunk", member_chunk,
+                         f"cannot help: the {num_members} members' states alone take {resident / gib:.2f} GiB, "
+                         f"more than {MARGIN:.0%} of the {free / gib:.2f} GiB free ({where}); train fewer members "
+                         f"per run (fewer seeds or sweep values).")
+    size = int((budget - resident) // per_member) // multiple * multiple
+    size = min(max(size, multiple), num_members)
     return make_plan(num_members, size, multiple,
                      f"train.member_chunk = 'auto': {num_members} members need {need / gib:.2f} GiB per call, "
                      f"{MARGIN:.0%} of the {free / gib:.2f} GiB free ({where}) is {budget / gib:.2f} GiB: "
