@@ -18,6 +18,7 @@ from bnjax.bench._refs import flax_scan_epoch
 from bnjax.bench._timing import ratio, stateful, time_interleaved
 from bnjax.bench._workloads import Workload, spec_cfg, synthetic
 from bnjax.train import init_ensemble, make_epoch_fn, resolve_members
+from bnjax.train._step import EPOCH_UNROLL
 
 FUSIONS_COUNTED = ("fusion instructions (`= ... fusion(...), kind=k...`) in the optimized HLO of the compiled "
                    "epoch (`fusions`, the whole program) and in the scan's loop body (`loop_fusions`), plus every "
@@ -25,12 +26,22 @@ FUSIONS_COUNTED = ("fusion instructions (`= ... fusion(...), kind=k...`) in the 
                    "not parameter/get-tuple-element/tuple/constant/bitcast)")
 
 
+def _per_step(counts: dict[str, Any], steps_per_iteration: int) -> dict[str, Any]:
+    """Loop counts of a scan unrolled ``steps_per_iteration`` times, divided down to one step."""
+    out = dict(counts, steps_per_iteration=steps_per_iteration)
+    for k in ("loop_fusions", "loop_ops"):
+        if k in out:
+            out[k] = out[k] / steps_per_iteration
+    return out
+
+
 def bench_reference_epoch(cases: Sequence[tuple[Workload, int]], *, rounds: int) -> list[dict[str, Any]]:
     """For each ``(workload, steps)``: one epoch of ``steps`` steps of bnjax's ``make_epoch_fn`` (K = 1) and of
     the flax.linen scan on the same ``steps * batch`` synthetic examples.
 
     Row: medians of one epoch call (``bnjax_epoch_ms``, ``flax_scan_epoch_ms``), ``bnjax_vs_flax_scan`` (the
-    ratio within each round: median, min, max) and ``fusions`` of both programs (:func:`fusion_counts`).
+    ratio within each round: median, min, max) and ``fusions`` of both programs (:func:`fusion_counts`; the
+    engine's loop counts per step, its scan running ``EPOCH_UNROLL`` steps per iteration).
     """
     rows = []
     for w, steps in cases:
@@ -44,7 +55,9 @@ def bench_reference_epoch(cases: Sequence[tuple[Workload, int]], *, rounds: int)
         ref, ref_state = flax_scan_epoch(jax.random.PRNGKey(0), w.sizes, w.batch)
         ref_key = jax.random.PRNGKey(1)
         theirs = ref.lower(ref_state, x, y, ref_key).compile()
-        fusions = {"bnjax": fusion_counts(ours.as_text(), steps), "flax_scan": fusion_counts(theirs.as_text(), steps)}
+        # The engine's scan runs EPOCH_UNROLL steps per iteration: its loop body is counted per step.
+        fusions = {"bnjax": _per_step(fusion_counts(ours.as_text(), steps // EPOCH_UNROLL), EPOCH_UNROLL),
+                   "flax_scan": fusion_counts(theirs.as_text(), steps)}
         t = time_interleaved({"bnjax": stateful(ours, states, x, y, key),
                               "flax_scan": stateful(theirs, ref_state, x, y, ref_key)},
                              rounds=rounds, calls=1, warmup=1)

@@ -80,7 +80,7 @@ def make_epoch_fn(
             carry, metrics = batched_step(carry, (x[idx_t], y[idx_t]))
             return carry, metrics["loss"]
 
-        st, losses = jax.lax.scan(body, st, idx, unroll=EPOCH_UNROLL)
+        st, losses = jax.lax.scan(body, st, idx, unroll=EPOCH_UNROLL if single else 1)
         return (_expand(st), losses[None]) if single else (st, losses.T)
 
     return epoch

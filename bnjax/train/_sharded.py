@@ -31,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 from bnjax._typing import FieldError, Layer
 from bnjax.nn._checks import is_int
 from bnjax.train._config import TrainConfig
-from bnjax.train._step import EPOCH_UNROLL, epoch_batches, make_shared_batch_ensemble_step, make_train_step
+from bnjax.train._step import epoch_batches, make_shared_batch_ensemble_step, make_train_step
 
 __all__ = ["Layout", "Parallel", "make_layout"]
 
@@ -216,7 +216,7 @@ def make_sharded_epoch_fn(layer: Layer, cfg: TrainConfig, layout: Layout, *, num
             carry, metrics = batched_step(carry, (x[idx_t], y[idx_t]))
             return carry, metrics["loss"]
 
-        states, losses = jax.lax.scan(body, states, idx, unroll=EPOCH_UNROLL)
+        states, losses = jax.lax.scan(body, states, idx)
         return states, _gather_members(losses.T, layout.padded_members)
 
     return jax.shard_map(epoch, mesh=layout.mesh, in_specs=(P(MEMBERS), P(), P(), P()),

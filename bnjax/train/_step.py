@@ -308,8 +308,10 @@ def first_dense(layer: Layer) -> tuple[str, Any] | None:
 
 
 EPOCH_UNROLL = 2
-"""Steps per iteration of the epoch's ``lax.scan``: two halve the loop's per-iteration overhead (about 10% of a
-small model's epoch on the CPU, measured by ``bnjax bench``; compilation about 20% longer); four gain no more."""
+"""Steps per iteration of a single model's epoch ``lax.scan``: two halve the loop's per-iteration overhead (a
+small model's epoch about 15% shorter on the CPU, measured with ``bnjax bench``'s reference epoch; compilation
+about 20% longer); four gain no more. A vmapped ensemble keeps one step per iteration: unrolled, its epoch was
+about 6% longer with a shared batch order on the CPU, the loop overhead being shared by its members anyway."""
 
 
 def epoch_batches(shuffle_key: Array, epoch: Array, num_examples: int, steps: int, batch_size: int) -> Array:
