@@ -5,6 +5,7 @@ References: the per-member initialisation (``init_train_state``, one member at a
 (``jax.random.key``), and the unchunked run (all members in one call).
 """
 
+import functools
 import json
 
 import jax
@@ -27,6 +28,12 @@ MEMBERS = {
     "bn_momentum": [0.9, 0.5, 0.99, 0.8, 0.7],
 }
 CFG = TOY_CFG.replace(epochs=3)
+
+
+@functools.cache
+def _unchunked(shared: bool = False):
+    """The five members trained in one program (cached: several tests compare against it; results are read only)."""
+    return train_ensemble(TOY_SPEC, CFG, toy_data(), MEMBERS, shared_batches=shared)
 
 
 def _assert_same(a, b, *, exact: bool):
@@ -81,7 +88,7 @@ def test_init_ensemble_takes_dicts_and_refuses_mixed_settings():
 @pytest.mark.parametrize("shared", [False, True])
 def test_chunked_equals_unchunked(chunk, shared):
     data = toy_data()
-    whole = train_ensemble(TOY_SPEC, CFG, data, MEMBERS, shared_batches=shared)
+    whole = _unchunked(shared)
     assert whole.diverged_step[2] >= 0 and (np.delete(whole.diverged_step, 2) == -1).all()
     said = []
     chunked = train_ensemble(TOY_SPEC, CFG.replace(member_chunk=chunk), data, MEMBERS, shared_batches=shared,
@@ -92,7 +99,7 @@ def test_chunked_equals_unchunked(chunk, shared):
 
 def test_auto_chunks_from_free_memory(monkeypatch):
     data = toy_data()
-    whole = train_ensemble(TOY_SPEC, CFG, data, MEMBERS)
+    whole = _unchunked()
     # Free memory that holds about two members' programs: "auto" splits the five members.
     one = _chunks.plan_chunks(5, "auto", 1, lambda w: 1000 * w)
     assert one.num_chunks == 1

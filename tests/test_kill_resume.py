@@ -129,7 +129,8 @@ def test_the_run_marks_every_write_of_an_epoch(reference):
 @pytest.mark.parametrize("where", [
     (CHECKPOINT, 1),  # the issue's case: epoch 1's checkpoint in place, its metrics lines not yet written
     (METRICS, 5),  # the second variant's epoch-0 lines written, nothing of it checkpointed
-    ("history.npz: in place", 1),  # the first variant saved, its checkpoint not yet removed
+    # the first variant saved, its checkpoint not yet removed (slow: the every-point test covers it too)
+    pytest.param(("history.npz: in place", 1), marks=pytest.mark.slow),
 ])
 def test_killed_between_two_writes_resumes_to_the_uninterrupted_files(reference, where, tmp_path):
     _kill_and_resume(reference, _nth(reference[3], *where), tmp_path)
