@@ -62,7 +62,7 @@ def place(run: Run, log: Callable[[str], None] | None) -> Placed:
     plan = plan_chunks(run.num_members, run.cfg.member_chunk, multiple,
                        lambda width: compile_programs(_program_spec(run, width)).bytes, _state_bytes(run))
     if log is not None and (plan.num_chunks > 1 or run.cfg.member_chunk != "auto"):
-        log(f"{plan.num_chunks} chunk(s) of members: {plan.reason}")
+        log(plan.reason)  # names the setting, the member count and the chunks
     spec = _program_spec(run, plan.width)
     with _out_of_memory(run.cfg, plan.size):
         programs = compile_programs(spec)

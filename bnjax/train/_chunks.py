@@ -108,4 +108,4 @@ def plan_chunks(num_members: int, member_chunk: int | str, multiple: int,
     return make_plan(num_members, size, multiple,
                      f"train.member_chunk = 'auto': {num_members} members need {need / gib:.2f} GiB per call, "
                      f"{MARGIN:.0%} of the {free / gib:.2f} GiB free ({where}) is {budget / gib:.2f} GiB: "
-                     f"{-(-num_members // size)} chunks of at most {size} members")
+                     f"{-(-num_members // size)} chunk(s) of at most {size}")
