@@ -11,7 +11,7 @@ import json
 import jax
 import numpy as np
 import pytest
-from train_helpers import TOY_CFG, TOY_SPEC, toy_data
+from train_helpers import TINY_MNIST1D_TOML, TOY_CFG, TOY_SPEC, toy_data
 
 import bnjax
 from bnjax._typing import FieldError
@@ -167,14 +167,7 @@ def test_member_chunk_larger_than_the_members_is_refused():
 TINY = """
 [study]
 name = "tiny"
-
-[data]
-name = "mnist1d"
-loader = { num_samples = 300 }
-num_train = 100
-num_val = 50
-num_test = 50
-
+""" + TINY_MNIST1D_TOML + """
 [model]
 hidden = [8]
 norm = "batch"

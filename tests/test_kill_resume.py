@@ -19,18 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from train_helpers import TINY_MNIST1D_TOML
 
 CONFIG = """
 [study]
 name = "tiny_kill"
-
-[data]
-name = "mnist1d"
-loader = { num_samples = 300 }
-num_train = 100
-num_val = 50
-num_test = 50
-
+""" + TINY_MNIST1D_TOML + """
 [model]
 hidden = [8]
 norm = "batch"

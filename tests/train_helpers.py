@@ -27,3 +27,14 @@ def toy_data(seed: int = 0, n_train: int = 64, d: int = 6, classes: int = 3) -> 
 
 TOY_SPEC = MLPSpec(in_features=6, hidden=(8, 8), num_classes=3, norm="batch", weight_scale=0.3)
 TOY_CFG = TrainConfig(learning_rate=1e-2, batch_size=16, epochs=2, eval_train_samples=40, eval_batch_size=16)
+
+
+# The smallest study data: 300 generated MNIST-1D samples, 100/50/50 train/val/test (for `bnjax run` tests).
+TINY_MNIST1D_TOML = """
+[data]
+name = "mnist1d"
+loader = { num_samples = 300 }
+num_train = 100
+num_val = 50
+num_test = 50
+"""
