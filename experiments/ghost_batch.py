@@ -26,8 +26,6 @@ What is expected to transfer to this 3x64 MLP trained with Adam, and why:
 
 from __future__ import annotations
 
-import numpy as np
-
 from bnjax.claims import Claim, Expect, every, exceeds, expectations, paired
 from bnjax.run.report import brief, fmt, save_figure
 

@@ -55,7 +55,7 @@ def analyze(results):
     if small:
         top = _worst({ws: b_val[ws] for ws in small}, np.max)
         f = falls_below(top, stuck, label=f"highest over ws <= {cut:g}, per seed")
-        f_ev = (f"best val per scale: " + ", ".join(f"ws {ws:.2g}: {fmt(b_val[ws])}" for ws in small)
+        f_ev = ("best val per scale: " + ", ".join(f"ws {ws:.2g}: {fmt(b_val[ws])}" for ws in small)
                 + f"; final loss at ws {small[0]:.2g}: {fmt(b_tail[small[0]])}")
     else:
         f, f_ev = Finding(None, f"no scale <= {cut:g} in the sweep"), ""
