@@ -56,7 +56,15 @@ def atomic_write(path: str | os.PathLike[str], write: bytes | str | Callable[[IO
     return path
 
 
-def remove_stale_temporaries(directory: str | os.PathLike[str], name: str) -> None:
-    """Deletes the temporary files a process killed in :func:`atomic_write` of ``directory/name`` left."""
-    for stale in Path(directory).glob(f".{name}.*.tmp"):
+def is_temporary(name: str) -> bool:
+    """Whether a file name is one of :func:`atomic_write`'s temporary files (``.<name>.<random>.tmp``)."""
+    return name.startswith(".") and name.endswith(".tmp")
+
+
+def remove_stale_temporaries(directory: str | os.PathLike[str], name: str | None = None, *,
+                             recursive: bool = False) -> None:
+    """Deletes the temporary files that processes killed in :func:`atomic_write` left: those of
+    ``directory/name``, or with ``name`` None every one in ``directory`` (and below it with ``recursive``)."""
+    d, pattern = Path(directory), ".*.tmp" if name is None else f".{name}.*.tmp"
+    for stale in d.rglob(pattern) if recursive else d.glob(pattern):
         stale.unlink(missing_ok=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bnjax._faults import kill_point
-from bnjax._io import atomic_write
+from bnjax._io import atomic_write, is_temporary, remove_stale_temporaries
 from bnjax._machine import compile_cache_on, load_average, software
 from bnjax._typing import FieldError
 from bnjax.run._errors import RunError, RunInterrupted, Terminated
@@ -154,10 +154,6 @@ def checkpoint_files(out: Path) -> list[Path]:
     return sorted(d.glob("*/checkpoint*.msgpack")) if d.is_dir() else []
 
 
-def _is_temporary(name: str) -> bool:
-    return name.startswith(".") and name.endswith(".tmp")
-
-
 def inspect_run_dir(out: Path) -> RunDirState:
     """Classifies ``out`` (read-only). Raises RunError when ``out`` exists but is not a directory."""
     out = Path(out)
@@ -166,7 +162,7 @@ def inspect_run_dir(out: Path) -> RunDirState:
     if not out.is_dir():
         raise RunError(f"--out {out} exists and is not a directory; choose another --out.")
     # The lock and the temporary files of a write cut short by a kill are not part of a run.
-    entries = [p.name for p in out.iterdir() if p.name != LOCK_FILE and not _is_temporary(p.name)]
+    entries = [p.name for p in out.iterdir() if p.name != LOCK_FILE and not is_temporary(p.name)]
     if not entries:
         return RunDirState("empty")
     if not (out / CONFIG_FILE).is_file():
@@ -348,11 +344,6 @@ def plan_run(out: Path, config: StudyConfig, *, resume: bool) -> RunPlan:
 
 # ------------------------------------------------------------------------------------------------- writing
 
-def write_text(path: Path, text: str) -> None:
-    """Writes ``text`` to ``path`` atomically (:func:`bnjax._io.atomic_write`); an OSError names ``path``."""
-    atomic_write(path, text)
-
-
 class MetricsLog:
     """Appends one JSON line per member per epoch to ``metrics.jsonl``, flushed at once (a crash loses nothing
     written). ``last`` is the ``(variant, epoch)`` of the latest line.
@@ -367,7 +358,7 @@ class MetricsLog:
         self.last: tuple[str, int] | None = None
         try:
             if keep is not None and self.path.exists():
-                write_text(self.path, "".join(_lines_of(self.path, set(keep))))
+                atomic_write(self.path, "".join(_lines_of(self.path, set(keep))))
             self.f = open(self.path, "a+")  # noqa: SIM115 - held open across the run, closed by RunDir
             if self.f.tell() > 0:  # a line cut short by a kill must not swallow the next one
                 self.f.seek(self.f.tell() - 1)
@@ -406,9 +397,7 @@ def _remove_written(out: Path) -> None:
             p.unlink(missing_ok=True)
     for p in out.glob("*.png"):
         p.unlink(missing_ok=True)
-    for p in out.iterdir():
-        if _is_temporary(p.name):
-            p.unlink(missing_ok=True)
+    remove_stale_temporaries(out)
 
 
 class RunDir:
@@ -464,21 +453,20 @@ class RunDir:
         if plan.replace:
             self.say(f"{out} holds a run that stopped before its first epoch ({state.detail}); replacing it.")
             _remove_written(out)
-        for stale in out.rglob(".*.tmp"):  # temporary files of writes a kill cut short
-            stale.unlink(missing_ok=True)
-        write_text(out / CONFIG_FILE, config_text(self.config))
+        remove_stale_temporaries(out, recursive=True)  # temporary files of writes a kill cut short
+        atomic_write(out / CONFIG_FILE, config_text(self.config))
         src = Path(self.source) if self.source is not None else None
         if src is not None and src.is_file() and src.resolve() != (out / "config.source.toml").resolve():
-            write_text(out / "config.source.toml", src.read_text())
+            atomic_write(out / "config.source.toml", src.read_text())
         if self.config.analysis_path is not None:
-            write_text(out / "analysis.py", self.config.analysis_path.read_text())
+            atomic_write(out / "analysis.py", self.config.analysis_path.read_text())
         meta = _read_json(out / RUN_FILE) if plan.resume else {}
         meta.setdefault("started", time.strftime("%Y-%m-%d %H:%M:%S"))
         meta.update(command=self.command or meta.get("command"), device=self.device, python=self.python,
                     software=software(), compile_cache=compile_cache_on(), load_average_start=load_average(),
                     status="running", pid=os.getpid())
         self.meta = meta
-        write_text(out / RUN_FILE, json.dumps(meta, indent=1))
+        atomic_write(out / RUN_FILE, json.dumps(meta, indent=1))
         self.metrics = MetricsLog(out / METRICS_FILE, keep=plan.finished if plan.resume else None)
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGHUP):
@@ -549,7 +537,7 @@ class RunDir:
         """Writes the wall-clock so far and the load average now into ``run.json``: called once training is done,
         before the report, so that the summary carries them. This session's clock stops here."""
         self._stop_clock()
-        write_text(self.out / RUN_FILE, json.dumps(self.meta, indent=1))
+        atomic_write(self.out / RUN_FILE, json.dumps(self.meta, indent=1))
 
     def _stop_clock(self) -> None:
         # A resumed run adds this session's seconds to the earlier sessions'.
@@ -566,7 +554,7 @@ class RunDir:
         else:
             self.meta.pop("stopped_by", None)
         with contextlib.suppress(OSError):  # best effort: the disk may be what failed
-            write_text(self.out / RUN_FILE, json.dumps(self.meta, indent=1))
+            atomic_write(self.out / RUN_FILE, json.dumps(self.meta, indent=1))
 
 
 def _raise_terminated(signum: int, frame: Any) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from bnjax._io import atomic_write
 from bnjax.run._schema import import_file
 from bnjax.claims import DATASET_TITLES, LEGEND, VERDICTS, Claim
 from bnjax.run.results import StudyResults, VariantResult
@@ -422,7 +423,7 @@ def write_report(results: StudyResults, module: types.ModuleType | None = None) 
     rows = summary_rows(results)
     cfg = results.config
     summary = build_summary(results, claims, rows, [f.path for f in figures], module)
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    atomic_write(out / "summary.json", json.dumps(summary, indent=1))
 
     md = [f"# {cfg.study.name}", ""]
     if cfg.study.description:
@@ -448,5 +449,5 @@ def write_report(results: StudyResults, module: types.ModuleType | None = None) 
     times = [[v.name, str(v.num_members), f"{v.wall_time:.1f}"] for v in results]
     md += ["Wall-clock per variant (one compiled, vmapped program each; compilation included):", "",
            markdown_table(["variant", "members", "seconds"], times), ""]
-    (out / "report.md").write_text("\n".join(md))
+    atomic_write(out / "report.md", "\n".join(md))
     return summary

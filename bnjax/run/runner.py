@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from bnjax._faults import kill_point
+from bnjax._io import atomic_write
 from bnjax._typing import FieldError, Layer
 from bnjax.data import Dataset
 from bnjax.nn import MLPSpec
@@ -147,7 +148,7 @@ def _train_variant(
     if writer:
         vdir.mkdir(parents=True, exist_ok=True)
         built = {"mlp_spec": dataclasses.asdict(model)} if isinstance(model, MLPSpec) else {"layer": model.name}
-        (vdir / "spec.json").write_text(json.dumps(jsonable({
+        atomic_write(vdir / "spec.json", json.dumps(jsonable({
             **variant.to_dict(), **built, "dataset": data.describe(), "preprocessing": dict(data.preprocessing),
         }), indent=1))
     ckpt = out / "checkpoints" / variant.name

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bnjax._io import atomic_write
 from bnjax.run._errors import RunError
 
 __all__ = ["IGNORED", "SUMMARY_FILE", "Stored", "compare_summaries", "load_stored", "store_run", "store_summary"]
@@ -54,15 +55,7 @@ def store_summary(summary: dict[str, Any], root: str | Path) -> Path:
     if not study or not dataset:
         raise RunError(f"a summary without a study name and a single dataset cannot be stored (study {study!r}, "
                        f"dataset {dataset!r}).")
-    from bnjax.run._rundir import write_text
-
-    dest = Path(root) / study / dataset / SUMMARY_FILE
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OSError(e.errno, e.strerror or str(e), str(dest.parent)) from e
-    write_text(dest, json.dumps(summary, indent=1) + "\n")
-    return dest
+    return atomic_write(Path(root) / study / dataset / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
 
 
 def store_run(run_dir: str | Path, root: str | Path) -> Path:

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bnjax._io import atomic_write
 from bnjax.run._errors import RunError
 from bnjax.claims import DATASET_TITLES
 from bnjax.run.report import markdown_table
@@ -245,12 +246,10 @@ def _both(root: str | Path, readme: str | Path, references: str | Path) -> list[
 def write_tables(root: str | Path, readme: str | Path, references: str | Path) -> list[Path]:
     """Rewrites the generated parts of ``readme`` and ``references`` from the summaries under ``root``; returns the
     files that changed."""
-    from bnjax.run._rundir import write_text
-
     changed = []
     for path, old, new in _both(root, readme, references):
         if new != old:
-            write_text(path, new)
+            atomic_write(path, new)
             changed.append(path)
     return changed
 
