@@ -16,7 +16,7 @@ import numpy as np
 from bnjax._typing import FieldError
 from bnjax.train._chunks import ChunkPlan, plan_chunks
 from bnjax.train._config import TrainConfig
-from bnjax.train._members import Member, TrainState, init_members, member_arrays, shared_shuffle_key
+from bnjax.train._members import Member, TrainState, init_members, member_arrays, shared_shuffle_key, state_shapes
 from bnjax.train._programs import ProgramSpec, Programs, compile_programs
 from bnjax.train._setup import Run
 from bnjax.train._sharded import Layout, Parallel, make_layout, pad_members, to_devices, to_host
@@ -51,7 +51,7 @@ def _program_spec(run: Run, width: int) -> ProgramSpec:
 
 def _state_bytes(run: Run) -> int:
     """Bytes of one member's training state (parameters, statistics, optimizer state, keys)."""
-    state = jax.eval_shape(lambda: init_members(run.layer, run.cfg, *member_arrays(run.members[:1])))
+    state = state_shapes(run.layer, run.cfg, run.members[:1])
     return sum(a.size * a.dtype.itemsize for a in jax.tree.leaves(state))
 
 

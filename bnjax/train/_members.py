@@ -177,6 +177,11 @@ def init_members(layer: Layer, cfg: TrainConfig, seed_data: Any, values: Mapping
     return _jitted_init(layer, _init_cfg(cfg), True)(seed_data, dict(values))
 
 
+def state_shapes(layer: Layer, cfg: TrainConfig, members: Sequence[Member]) -> TrainState:
+    """The stacked initial state of ``members`` as ``jax.ShapeDtypeStruct`` leaves (traced, nothing computed)."""
+    return jax.eval_shape(lambda: init_members(layer, cfg, *member_arrays(members)))
+
+
 def _init_cfg(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with what the initial state does not depend on reset (only the optimizer's kind shapes it)."""
     return TrainConfig(optimizer=cfg.optimizer, weight_decay=cfg.weight_decay, momentum=cfg.momentum)

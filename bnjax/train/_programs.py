@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from bnjax._typing import Layer
 from bnjax.nn._mlp import MLPSpec, as_layer
 from bnjax.train._config import PLACEMENT_FIELDS, TrainConfig, cast_compute
-from bnjax.train._members import Member, TrainState, init_ensemble, shared_shuffle_key
+from bnjax.train._members import Member, TrainState, shared_shuffle_key, state_shapes
 from bnjax.train._precise_bn import _average_stats
 from bnjax.train._sharded import Layout, make_sharded_epoch_fn, make_sharded_eval_fn
 from bnjax.train._step import (
@@ -173,7 +173,7 @@ def _needed_bytes(compiled: Any) -> int:
 
 def _state_avals(p: ProgramSpec) -> TrainState:
     template = Member(seed=0, learning_rate=1.0, **{k: 0.5 for k in p.options})
-    avals = jax.eval_shape(lambda: init_ensemble(p.layer, p.cfg, [template] * p.width))
+    avals = state_shapes(p.layer, p.cfg, [template] * p.width)
     if p.layout is None:
         return avals
     sharding = p.layout.member_sharding()

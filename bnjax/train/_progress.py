@@ -19,7 +19,7 @@ from bnjax._typing import Layer
 from bnjax.train import _checkpoint
 from bnjax.train._calls import Placed, gather_states, init_states, split_states
 from bnjax.train._config import PLACEMENT_FIELDS, TrainConfig
-from bnjax.train._members import TrainState, init_members, member_arrays
+from bnjax.train._members import TrainState, state_shapes
 from bnjax.train._setup import Run
 
 
@@ -77,7 +77,7 @@ def restore(run: Run, placed: Placed, checkpoint_dir: str | None, fingerprint: A
             payload = _broadcast_payload(payload)
     if payload is None:
         return Progress(0, {}, np.zeros((k, 0), np.float32), [], init_states(run, placed))
-    template = jax.eval_shape(lambda: init_members(run.layer, run.cfg, *member_arrays(run.members)))
+    template = state_shapes(run.layer, run.cfg, run.members)
     host = _checkpoint.restore_tree(jax.tree.map(lambda a: np.zeros(a.shape, a.dtype), template), payload["state"])
     return Progress(
         epoch=int(payload["epoch"]),

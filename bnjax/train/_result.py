@@ -3,12 +3,13 @@ through the runner's saved variants to the reports (``bnjax.run.results.VariantR
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from bnjax.train._checkpoint import plain
 
 
 @dataclass
@@ -141,16 +142,11 @@ class EnsembleResult:
             "epoch_times": [float(t) for t in self.epoch_times],
             "steps_per_epoch": self.steps_per_epoch,
             "compile_seconds": self.compile_seconds,
-            "spec": _plain(self.spec),
-            "cfg": _plain(self.cfg),
+            "spec": plain(self.spec),
+            "cfg": plain(self.cfg),
         }
 
 
 def _json_float(v: Any) -> float | None:
     v = float(v)
     return v if math.isfinite(v) else None
-
-
-def _plain(obj: Any) -> Any:
-    """A dataclass as a dict (what ``to_json`` stores of the spec and the configuration)."""
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) and not isinstance(obj, type) else obj

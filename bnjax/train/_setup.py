@@ -19,10 +19,9 @@ from bnjax.train._members import (
     MODEL_OPTIONS,
     Member,
     Members,
-    init_members,
-    member_arrays,
     member_defaults,
     resolve_members,
+    state_shapes,
 )
 from bnjax.train._model import stats_layout
 from bnjax.train._precise_bn import check_precise_options
@@ -94,7 +93,7 @@ def _check_model(layer: Layer, cfg: TrainConfig, example: tuple[int, ...], num_c
         raise ValueError(f"{fn}: the model maps a batch of {cfg.batch_size} examples of shape {example} to an output "
                          f"of shape {tuple(out.shape)}; it must give ({cfg.batch_size}, {num_classes}) logits for the "
                          f"data's {num_classes} classes.")
-    state = jax.eval_shape(lambda: init_members(layer, cfg, *member_arrays([Member(**member_defaults(layer))])))
+    state = state_shapes(layer, cfg, [Member(**member_defaults(layer))])
     state = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape[1:], a.dtype), state)
     batch = (jax.ShapeDtypeStruct((rows, *example), jnp.float32), jax.ShapeDtypeStruct((rows,), jnp.int32))
     try:
