@@ -4,7 +4,7 @@
 
 Each ``experiments/results/<study>/<dataset>/summary.json`` records the config file and the ``--set`` options of
 its run (``rerun``); this script runs ``python -m bnjax run CONFIG --set ... --out DIR/<study>-<dataset> --quiet``
-from the project root and compares the rerun's summary with the stored one (``bnjax.run.stored.compare_summaries``:
+from the project root and compares the rerun's summary with the stored one (``bnjax.stored.compare_summaries``:
 verdicts, claim texts, seeds, the config and every number; timing, machine and software are not compared). Numbers
 agree when ``|a - b| <= atol + rtol * |a|`` (default rtol 1e-5, atol 1e-8: a rerun on the same machine and software
 gives identical numbers; another CPU or accelerator may differ in float summation order, hence the tolerance).

@@ -1,4 +1,4 @@
-"""Stored results (bnjax.run.stored): where a summary is kept, how stored summaries are read back, and how a rerun's
+"""Stored results (bnjax.stored): where a summary is kept, how stored summaries are read back, and how a rerun's
 summary is compared with the stored one."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Generated tables (bnjax.run.tables): the README's results table and REFERENCES.md's per-study blocks come from the
+"""Generated tables (bnjax.stored): the README's results table and REFERENCES.md's per-study blocks come from the
 stored summaries only, and the ones in the repository are what experiments/results/ generates."""
 
 from __future__ import annotations

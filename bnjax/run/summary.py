@@ -1,7 +1,7 @@
 """A run's ``summary.json``: its verdicts and the numbers behind them, and how, where and on what it ran.
 
-The summary is what ``experiments/results/<study>/<dataset>/summary.json`` keeps (:mod:`bnjax.run.stored`), what the
-README's results table is generated from (:mod:`bnjax.run.tables`) and what a rerun is compared with. Its fields:
+The summary is what ``experiments/results/<study>/<dataset>/summary.json`` keeps (:mod:`bnjax.stored`), what the
+README's results table is generated from (:mod:`bnjax.stored`) and what a rerun is compared with. Its fields:
 
 - ``study``, ``description``, ``dataset`` (the ``data.name`` every variant trained on);
 - ``sources_say`` (the study module's ``SOURCES_SAY``: what the sources claim, one line) and ``key_numbers`` (its
