@@ -83,7 +83,9 @@ def _kill_and_resume(reference, n: int, tmp_path: Path) -> None:
     out = tmp_path / "run"
     killed = _run(config, out, cache, env={"BNJAX_KILL_AT": str(n)})
     assert killed.returncode == -signal.SIGKILL, (n, points[n - 1], killed.stderr[-2000:])
-    resumed = _run(config, out, cache, "--resume") if out.exists() else _run(config, out, cache)
+    # The same command again, with --resume once the directory holds a run; a kill before its first file
+    # (config.json) landed leaves an empty directory, which --resume refuses and a plain run starts in.
+    resumed = _run(config, out, cache, *(["--resume"] if (out / "config.json").exists() else []))
     assert resumed.returncode == 0, (n, points[n - 1], resumed.stderr[-2000:])
     ref = tmp / "ref"
     assert (out / "metrics.jsonl").read_bytes() == (ref / "metrics.jsonl").read_bytes(), (n, points[n - 1])

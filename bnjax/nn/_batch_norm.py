@@ -176,9 +176,7 @@ def check_batch_norm_args(
     x = _checks.check_float_input(fn, x)
     _checks.check_choice(fn, "average", average, AVERAGES)
     _checks.check_choice(fn, "grad", grad, GRADS)
-    m = _checks.concrete_float(momentum)
-    if m is not None and not _checks.momentum_ok(m):
-        raise ValueError(f"{fn}: momentum={m!r} is outside [0.0, 1.0]; pass a value in that range.")
+    _checks.check_in_range(fn, "momentum", momentum, 0.0, 1.0)  # momentum_ok's range, traced values pass
     if x.ndim < 1:
         raise ValueError(
             f"{fn}: x is a scalar (shape ()); batch norm needs a feature axis, e.g. (N, C), or (C,) in eval mode."

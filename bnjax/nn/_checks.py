@@ -69,8 +69,8 @@ DROP_RATE_RANGE = "is the drop probability and must be in [0, 1) (keep = 1 - rat
 
 
 def momentum_ok(v: float) -> bool:
-    """The one rule of a running-average momentum, wherever it enters (``batch_norm``, ``MLPSpec.bn_momentum``, a
-    member's ``bn_momentum``): ``0 <= v <= 1``."""
+    """The one rule of a running-average momentum (``MLPSpec.bn_momentum``, a member's ``bn_momentum``; ``batch_norm``
+    checks the same range with :func:`check_in_range`): ``0 <= v <= 1``."""
     return 0.0 <= v <= 1.0
 
 

@@ -238,10 +238,10 @@ def _normalize_affine_fwd(x, scale, bias, axes, eps, axis_name, mask):
     x, scale, bias, mask = _primal(x), _primal(scale), _primal(bias), jax.tree.map(_primal, mask)
     mean, var, count = compute_stats(x, axes, axis_name=axis_name, mask=mask)
     inv = lax.rsqrt(var + eps)
-    y = (x - mean) * inv * scale + bias
     # The residual is x - mean, the array compute_stats already forms for the variance (shared by CSE), not
     # xhat: a compiler that materialises it then writes no extra array for the backward.
     centred = x - mean
+    y = centred * inv * scale + bias
     if mask is not None:
         mask = jnp.asarray(mask) != 0  # kept unbroadcast; selects the residual (and dy) in the backward
         centred = jnp.where(mask, centred, 0)
