@@ -45,6 +45,9 @@ def bench_reference_epoch(cases: Sequence[tuple[Workload, int]], *, rounds: int)
     """
     rows = []
     for w, steps in cases:
+        if steps < 2 * EPOCH_UNROLL:  # XLA removes a loop of one trip: no loop body would be left to count
+            raise ValueError(f"bench_reference_epoch: {w.name} needs at least {2 * EPOCH_UNROLL} steps (the engine's "
+                             f"scan runs {EPOCH_UNROLL} per iteration), got {steps}.")
         n = steps * w.batch
         x, y = synthetic(w, n)
         spec, cfg = spec_cfg(w)
