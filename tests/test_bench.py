@@ -48,6 +48,11 @@ def test_reference_epoch_tiny_has_times_ratio_and_fusions():
         assert f["loops"] == 1 and 0 < f["loop_fusions"] <= f["fusions"], (name, f)
 
 
+def test_reference_epoch_refuses_a_scan_of_one_iteration():
+    with pytest.raises(ValueError, match="tiny needs at least 4 steps"):
+        _epoch.bench_reference_epoch([(TINY, 3)], rounds=1)
+
+
 def test_bn_layer_tiny_has_three_programs_ratios_and_passes():
     (r,) = _layer.bench_bn_layer(((16, 8),), rounds=1, calls=1)
     assert r["shape"] == [16, 8] and r["analytic_us"] > 0 and r["autodiff_us"] > 0 and r["flax_us"] > 0
